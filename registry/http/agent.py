@@ -1,0 +1,251 @@
+"""/v1/agent: the local agent's services and checks, self, members, maintenance and reload."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry import REVISION, VERSION
+from registry.checkdefs import CHECK_ALIASES, parse_check, parse_service_checks
+from registry.http.common import (
+    RequestError,
+    empty_ok,
+    parse_bool_param,
+    read_object,
+    reply,
+    store_of,
+)
+from registry.http.services import parse_service
+from registry.http.views import agent_service, check_view
+
+routes = web.RouteTableDef()
+
+SERVICE_ALIASES = {"serviceid": "id"}
+MAINT_DEFAULT_REASON = ("Maintenance mode is enabled for this service, but no reason was provided. "
+                        "This is a default message.")
+NODE_MAINT_DEFAULT_REASON = ("Maintenance mode is enabled for this node, but no reason was provided. "
+                             "This is a default message.")
+
+
+def _unknown_service(sid: str) -> RequestError:
+    return RequestError(404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, '
+                             "not the service name.")
+
+
+def _unknown_check(cid: str) -> RequestError:
+    return RequestError(404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, '
+                             "not the check name.")
+
+
+def _local_services(request: web.Request) -> dict[str, dict]:
+    store = store_of(request)
+    return store.node_services.get(store.node_name, {})
+
+
+@routes.put("/v1/agent/service/register")
+async def register_service(request: web.Request) -> web.Response:
+    replace = request.query.get("replace-existing-checks")
+    if replace not in (None, "", "true"):
+        raise RequestError(400, "Invalid value for replace-existing-checks")
+    body = await read_object(request, SERVICE_ALIASES)
+    store = store_of(request)
+    service = parse_service(body)
+    checks = parse_service_checks(body, service, store.node_name,
+                                  request.app["agent_info"].enable_script_checks)
+    await store.register_service(service, checks, replace is not None)
+    return empty_ok()
+
+
+@routes.put("/v1/agent/service/deregister/{service_id}")
+async def deregister_service(request: web.Request) -> web.Response:
+    sid = request.match_info["service_id"]
+    if not await store_of(request).deregister_service(sid):
+        raise _unknown_service(sid)
+    return empty_ok()
+
+
+@routes.get("/v1/agent/services")
+async def services(request: web.Request) -> web.Response:
+    dc = request.app["agent_info"].datacenter
+    return reply(request, {sid: agent_service(svc, dc) for sid, svc in sorted(_local_services(request).items())})
+
+
+@routes.get("/v1/agent/service/{service_id}")
+async def service(request: web.Request) -> web.Response:
+    sid = request.match_info["service_id"]
+    svc = _local_services(request).get(sid)
+    if svc is None:
+        raise RequestError(404, f"unknown service ID: {sid}")
+    view = agent_service(svc, request.app["agent_info"].datacenter)
+    view["ContentHash"] = f"{svc['ModifyIndex']:016x}"
+    return reply(request, view)
+
+
+@routes.get("/v1/agent/checks")
+async def checks(request: web.Request) -> web.Response:
+    store = store_of(request)
+    local = store.node_checks.get(store.node_name, {})
+    return reply(request, {cid: check_view(c) for cid, c in sorted(local.items())})
+
+
+@routes.put("/v1/agent/check/register")
+async def register_check(request: web.Request) -> web.Response:
+    body = await read_object(request, CHECK_ALIASES)
+    store = store_of(request)
+    sid = body.get("ServiceID") or ""
+    service_record = None
+    if sid:
+        service_record = _local_services(request).get(sid)
+        if service_record is None:
+            raise RequestError(404, f'ServiceID "{sid}" does not exist')
+    check = parse_check(body, store.node_name, enable_script_checks=request.app["agent_info"].enable_script_checks)
+    if service_record is not None:
+        check["ServiceID"] = sid
+    await store.register_check(check)
+    return empty_ok()
+
+
+@routes.put("/v1/agent/check/deregister/{check_id}")
+async def deregister_check(request: web.Request) -> web.Response:
+    store = store_of(request)
+    cid = request.match_info["check_id"]
+    if not await store.deregister_check(store.node_name, cid):
+        raise _unknown_check(cid)
+    return empty_ok()
+
+
+async def _ttl_update(request: web.Request, cid: str, status: str, output: str) -> web.Response:
+    store = store_of(request)
+    check = store.checks.get((store.node_name, cid))
+    if check is None:
+        raise _unknown_check(cid)
+    if check.get("Type") != "ttl":
+        raise RequestError(500, f'CheckID "{cid}" does not have associated TTL')
+    limit = (check.get("_spec") or {}).get("output_max_size", 4096)
+    await store.update_check(store.node_name, cid, status, output[:limit])
+    runner = request.app.get("checks")
+    if runner is not None:
+        runner.ttl_touched(cid)
+    return empty_ok()
+
+
+def _ttl_route(status: str):
+    async def handler(request: web.Request) -> web.Response:
+        return await _ttl_update(request, request.match_info["check_id"], status, request.query.get("note", ""))
+    return handler
+
+
+routes.put("/v1/agent/check/pass/{check_id}")(_ttl_route("passing"))
+routes.put("/v1/agent/check/warn/{check_id}")(_ttl_route("warning"))
+routes.put("/v1/agent/check/fail/{check_id}")(_ttl_route("critical"))
+
+
+@routes.put("/v1/agent/check/update/{check_id}")
+async def update_check(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    status = body.get("Status", "")
+    if status not in ("passing", "warning", "critical"):
+        raise RequestError(400, f"Invalid check status: '{status}'")
+    return await _ttl_update(request, request.match_info["check_id"], status, body.get("Output", ""))
+
+
+def _enable_param(request: web.Request) -> bool:
+    raw = request.query.get("enable")
+    if raw is None or raw == "":
+        raise RequestError(400, "Missing value for enable")
+    try:
+        return parse_bool_param(raw)
+    except ValueError:
+        raise RequestError(400, f'Invalid value for enable: "{raw}"') from None
+
+
+def _maintenance_check(node: str, cid: str, name: str, notes: str, service: dict | None) -> dict:
+    return {"Node": node, "CheckID": cid, "Name": name, "Status": "critical", "Notes": notes, "Output": "",
+            "ServiceID": service["ID"] if service else "", "ServiceName": service["Service"] if service else "",
+            "ServiceTags": list(service["Tags"]) if service else [], "Type": "maintenance", "Interval": "",
+            "Timeout": "", "ExposedPort": 0, "Definition": {}}
+
+
+@routes.put("/v1/agent/service/maintenance/{service_id}")
+async def service_maintenance(request: web.Request) -> web.Response:
+    enable = _enable_param(request)
+    store = store_of(request)
+    sid = request.match_info["service_id"]
+    svc = _local_services(request).get(sid)
+    if svc is None:
+        raise _unknown_service(sid)
+    cid = f"_service_maintenance:{sid}"
+    if enable:
+        reason = request.query.get("reason") or MAINT_DEFAULT_REASON
+        await store.register_check(_maintenance_check(store.node_name, cid, "Service Maintenance Mode",
+                                                      reason, svc))
+    else:
+        await store.deregister_check(store.node_name, cid)
+    return empty_ok()
+
+
+@routes.put("/v1/agent/maintenance")
+async def node_maintenance(request: web.Request) -> web.Response:
+    enable = _enable_param(request)
+    store = store_of(request)
+    if enable:
+        reason = request.query.get("reason") or NODE_MAINT_DEFAULT_REASON
+        await store.register_check(_maintenance_check(store.node_name, "_node_maintenance",
+                                                      "Node Maintenance Mode", reason, None))
+    else:
+        await store.deregister_check(store.node_name, "_node_maintenance")
+    return empty_ok()
+
+
+def member(request: web.Request) -> dict:
+    info = request.app["agent_info"]
+    return {
+        "Name": info.node_name, "Addr": info.advertise, "Port": 8301,
+        "Tags": {"role": "consul", "dc": info.datacenter, "port": "8300", "build": f"{VERSION}:{REVISION}",
+                 "vsn": "2", "vsn_min": "2", "vsn_max": "3", "id": info.node_id, "segment": "",
+                 "bootstrap": "1", "expect": "1"},
+        "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    }
+
+
+@routes.get("/v1/agent/members")
+async def members(request: web.Request) -> web.Response:
+    entry = member(request)
+    if request.query.get("wan"):
+        entry = {**entry, "Name": f"{entry['Name']}.{request.app['agent_info'].datacenter}"}
+    return reply(request, [entry])
+
+
+@routes.get("/v1/agent/self")
+async def self_(request: web.Request) -> web.Response:
+    info = request.app["agent_info"]
+    store = store_of(request)
+    local_services = _local_services(request)
+    config = {"Datacenter": info.datacenter, "PrimaryDatacenter": info.datacenter, "NodeName": info.node_name,
+              "NodeID": info.node_id, "Revision": REVISION, "Server": True, "Version": VERSION,
+              "BuildDate": "2025-01-01T00:00:00Z"}
+    stats = {
+        "agent": {"checks": str(len(store.node_checks.get(store.node_name, {}))),
+                  "services": str(len(local_services)), "check_monitors": "0", "check_ttls": "0"},
+        "build": {"version": VERSION, "revision": REVISION, "prerelease": ""},
+        "consul": {"server": "true", "leader": "true", "bootstrap": "true", "known_datacenters": "1",
+                   "leader_addr": info.leader_addr},
+        "raft": {"applied_index": str(store.index), "commit_index": str(store.index), "state": "Leader"},
+    }
+    return reply(request, {"Config": config, "DebugConfig": info.debug_config(), "Coord": None,
+                           "Member": member(request), "Stats": stats, "Meta": {}, "xDS": None})
+
+
+@routes.put("/v1/agent/reload")
+async def reload(request: web.Request) -> web.Response:
+    reloader = request.app.get("reload")
+    if reloader is not None:
+        errors = await reloader()
+        if errors:
+            raise RequestError(500, "Failed reloading: " + "; ".join(errors))
+    return empty_ok()
+
+
+@routes.put("/v1/agent/leave")
+async def leave(request: web.Request) -> web.Response:
+    return empty_ok()

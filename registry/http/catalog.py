@@ -1,0 +1,187 @@
+"""/v1/catalog: nodes and services as registered, without health filtering."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.blocking import Result, run_query
+from registry.http.common import (
+    Body,
+    RequestError,
+    check_consistency,
+    read_object,
+    reply,
+    reply_result,
+    store_of,
+    string_map,
+    typed,
+)
+from registry.http.services import parse_service
+from registry.http.views import catalog_service, check_view, node_service
+
+routes = web.RouteTableDef()
+
+
+def node_meta_filter(request: web.Request) -> dict[str, str]:
+    """?node-meta=key:value (repeatable, AND)."""
+    wanted = {}
+    for item in request.query.getall("node-meta", []):
+        key, _, value = item.partition(":")
+        wanted[key] = value
+    return wanted
+
+
+def _meta_matches(node: dict, wanted: dict[str, str]) -> bool:
+    meta = node.get("Meta") or {}
+    return all(meta.get(k) == v for k, v in wanted.items())
+
+
+def service_index(store, name: str) -> Result:
+    """Report/own indexes for reads of one service (unknown service: the services table index)."""
+    own = store.topic_index(f"service:{name}")
+    return Result(None, own or store.topic_index("services"), own)
+
+
+@routes.get("/v1/catalog/datacenters")
+async def datacenters(request: web.Request) -> web.Response:
+    return reply(request, [request.app["agent_info"].datacenter])
+
+
+@routes.get("/v1/catalog/nodes")
+async def nodes(request: web.Request) -> web.Response:
+    check_consistency(request)
+    store = store_of(request)
+    wanted = node_meta_filter(request)
+
+    def compute() -> Result:
+        body = [n for _, n in sorted(store.nodes.items()) if _meta_matches(n, wanted)]
+        return Result(body, store.topic_index("nodes"))
+
+    return reply_result(request, await run_query(store, request.query, ["nodes"], compute))
+
+
+@routes.get("/v1/catalog/services")
+async def services(request: web.Request) -> web.Response:
+    check_consistency(request)
+    store = store_of(request)
+    wanted = node_meta_filter(request)
+
+    def compute() -> Result:
+        if not wanted:
+            return Result(store.service_names(), store.topic_index("services"))
+        names: dict[str, set[str]] = {}
+        for (node_name, _), svc in store.services.items():
+            if _meta_matches(store.nodes.get(node_name, {}), wanted):
+                names.setdefault(svc["Service"], set()).update(svc["Tags"])
+        return Result({n: sorted(t) for n, t in sorted(names.items())}, store.topic_index("services"))
+
+    return reply_result(request, await run_query(store, request.query, ["services", "nodes"], compute))
+
+
+@routes.get("/v1/catalog/service/{service}")
+async def service(request: web.Request) -> web.Response:
+    check_consistency(request)
+    store = store_of(request)
+    name = request.match_info["service"]
+    tags = request.query.getall("tag", [])
+    wanted = node_meta_filter(request)
+
+    def compute() -> Result:
+        result = service_index(store, name)
+        result.body = [catalog_service(node, svc) for node, svc, _ in store.instances(name)
+                       if all(t in svc["Tags"] for t in tags) and _meta_matches(node, wanted)]
+        return result
+
+    return reply_result(request, await run_query(store, request.query, [f"service:{name}"], compute))
+
+
+@routes.get("/v1/catalog/node/{node}")
+async def node(request: web.Request) -> web.Response:
+    check_consistency(request)
+    store = store_of(request)
+    name = request.match_info["node"]
+
+    def compute() -> Result:
+        own = store.topic_index(f"node:{name}")
+        record = store.nodes.get(name)
+        if record is None:
+            return Result(None, own or store.topic_index("nodes"), own)
+        services = {sid: node_service(svc) for sid, svc in sorted(store.node_services.get(name, {}).items())}
+        for view in services.values():
+            view.pop("Proxy", None)
+            view.pop("Connect", None)
+        return Result({"Node": record, "Services": services}, own)
+
+    return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
+
+
+@routes.get("/v1/catalog/node-services/{node}")
+async def node_services(request: web.Request) -> web.Response:
+    store = store_of(request)
+    name = request.match_info["node"]
+
+    def compute() -> Result:
+        own = store.topic_index(f"node:{name}")
+        record = store.nodes.get(name)
+        body = None if record is None else {
+            "Node": record, "Services": [node_service(s) for _, s in sorted(store.node_services[name].items())]
+            if name in store.node_services else []}
+        return Result(body, own or store.topic_index("nodes"), own)
+
+    return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
+
+
+@routes.put("/v1/catalog/register")
+async def register(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    info = request.app["agent_info"]
+    node_name, address = body.get("Node", ""), body.get("Address", "")
+    if not node_name or not address:
+        raise RequestError(500, "Must provide node and address")
+    dc = body.get("Datacenter") or info.datacenter
+    if dc != info.datacenter:
+        raise RequestError(500, "No path to datacenter")
+    node = {"ID": typed(body.get("ID", ""), str, "ID"), "Node": node_name, "Address": address,
+            "Datacenter": dc, "TaggedAddresses": string_map(body.get("TaggedAddresses"), "TaggedAddresses"),
+            "Meta": string_map(body.get("NodeMeta"), "NodeMeta")}
+    svc_body = body.sub("Service")
+    service = parse_service(svc_body) if svc_body else None
+    checks = [_catalog_check(c, node_name) for c in _check_bodies(body)]
+    await store_of(request).catalog_register(node, service, checks, bool(body.get("SkipNodeUpdate", False)))
+    return reply(request, True)
+
+
+def _check_bodies(body: Body) -> list[Body]:
+    raw = []
+    if body.get("Check"):
+        raw.append(body.get("Check"))
+    raw.extend(body.get("Checks") or [])
+    if not all(isinstance(item, dict) for item in raw):
+        raise RequestError(400, "Request decode failed: Checks must be objects")
+    return [Body(item) for item in raw]
+
+
+def _catalog_check(body: Body, node: str) -> dict:
+    """Catalog checks are status records only: nothing runs them."""
+    name = body.get("Name", "")
+    status = body.get("Status") or "critical"
+    if status not in ("passing", "warning", "critical", "maintenance"):
+        raise RequestError(400, "Status for checks must 'passing', 'warning', 'critical'")
+    sid = body.get("ServiceID", "")
+    return {"Node": node, "CheckID": body.get("CheckID") or name, "Name": name, "Status": status,
+            "Notes": body.get("Notes", ""), "Output": body.get("Output", ""), "ServiceID": sid,
+            "ServiceName": "", "ServiceTags": [], "Type": body.get("Type", ""), "Interval": "",
+            "Timeout": "", "ExposedPort": 0, "Definition": body.get("Definition") or {}}
+
+
+@routes.put("/v1/catalog/deregister")
+async def deregister(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    node_name = body.get("Node", "")
+    if not node_name:
+        raise RequestError(400, "Must provide node")
+    await store_of(request).catalog_deregister(node_name, body.get("ServiceID"), body.get("CheckID"))
+    return reply(request, True)
+
+
+__all__ = ["routes", "service_index", "node_meta_filter", "check_view"]

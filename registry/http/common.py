@@ -1,0 +1,180 @@
+"""What every endpoint shares: Consul's reply shapes, errors, headers and body decoding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from registry.blocking import Result
+from registry.store import Store
+
+JSON_TYPE = "application/json"
+
+
+class RequestError(Exception):
+    """A request Consul refuses: status and its exact text (text/plain body)."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def text_error(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain")
+
+
+def dumps(body: Any, pretty: bool = False) -> str:
+    if pretty:
+        return json.dumps(body, indent=4)
+    return json.dumps(body, separators=(",", ":"))
+
+
+def reply(request: web.Request, body: Any, index: int | None = None, status: int = 200) -> web.Response:
+    """A JSON reply; `index` adds the read-metadata headers every Consul client expects."""
+    resp = web.Response(status=status, text=dumps(body, "pretty" in request.query), content_type=JSON_TYPE)
+    if index is not None:
+        add_index_headers(resp, index)
+    return resp
+
+
+def reply_result(request: web.Request, result: Result, status: int = 200) -> web.Response:
+    return reply(request, result.body, result.index, status)
+
+
+def add_index_headers(resp: web.StreamResponse, index: int) -> None:
+    resp.headers["X-Consul-Index"] = str(max(index, 1))
+    resp.headers["X-Consul-KnownLeader"] = "true"
+    resp.headers["X-Consul-LastContact"] = "0"
+    resp.headers["X-Consul-Effective-Consistency"] = "leader"
+
+
+def empty_ok() -> web.Response:
+    """Agent writes answer 200 with an empty body."""
+    return web.Response(status=200)
+
+
+def store_of(request: web.Request) -> Store:
+    return request.app["store"]
+
+
+def check_consistency(request: web.Request) -> None:
+    query = request.query
+    if "stale" in query and "consistent" in query:
+        raise RequestError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+    dc = query.get("dc")
+    if dc and dc != request.app["agent_info"].datacenter:
+        raise RequestError(500, "No path to datacenter")
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Presence-only flags (?recurse, ?keys, ?raw ...): any value counts."""
+    return name in request.query
+
+
+def parse_bool_param(value: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(value)
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("_", "")
+
+
+class Body:
+    """A JSON object read with Consul's decoding: keys match case-insensitively, snake_case too."""
+
+    def __init__(self, data: dict[str, Any], aliases: dict[str, str] | None = None):
+        self.raw = data
+        self._by_norm: dict[str, Any] = {}
+        for key, value in data.items():
+            norm = _norm(key)
+            self._by_norm[(aliases or {}).get(norm, norm)] = value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._by_norm.get(_norm(name), default)
+        return default if value is None else value
+
+    def has(self, name: str) -> bool:
+        return self._by_norm.get(_norm(name)) is not None
+
+    def sub(self, name: str, aliases: dict[str, str] | None = None) -> Body | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise RequestError(400, f"Request decode failed: {name} must be an object")
+        return Body(value, aliases)
+
+
+async def read_json(request: web.Request, required: bool = True) -> Any:
+    """The request body as JSON, or Consul's 400 `Request decode failed: ...`."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise RequestError(400, "Request decode failed: EOF")
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"Request decode failed: {exc}") from None
+
+
+async def read_object(request: web.Request, aliases: dict[str, str] | None = None,
+                      required: bool = True) -> Body:
+    data = await read_json(request, required)
+    if data is None:
+        return Body({}, aliases)
+    if not isinstance(data, dict):
+        raise RequestError(400, "Request decode failed: json: cannot unmarshal "
+                                f"{type(data).__name__} into Go value of type object")
+    return Body(data, aliases)
+
+
+def typed(value: Any, kind: type | tuple[type, ...], field: str) -> Any:
+    """Reject a wrong JSON type the way Go's decoder does (400)."""
+    if value is None:
+        return value
+    if kind is int and isinstance(value, bool):
+        raise RequestError(400, f"Request decode failed: {field}: expected a number")
+    if not isinstance(value, kind):
+        expected = getattr(kind, "__name__", "value")
+        raise RequestError(400, f"Request decode failed: {field}: expected {expected}, "
+                                f"got {type(value).__name__}")
+    return value
+
+
+def string_map(value: Any, field: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise RequestError(400, f"Request decode failed: {field} must be a map of strings")
+    return dict(value)
+
+
+def string_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError(400, f"Request decode failed: {field} must be a list of strings")
+    return list(value)
+
+
+def uint_param(request: web.Request, name: str) -> int | None:
+    """?cas / ?flags: Go's strconv.ParseUint, whose error text Consul returns with a 500."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+        if value < 0 or value >= 2**64 or not raw.isdigit():
+            raise ValueError
+    except ValueError:
+        raise RequestError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax') from None
+    return value

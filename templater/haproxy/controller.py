@@ -1,0 +1,276 @@
+"""HAProxyController: what the templater calls to check, apply and supervise HAProxy.
+
+Runtime first, file always, reload as fallback (haproxy.md §4/§7). The templater has already
+written the new config when it calls `apply()`; the controller decides how the live HAProxy gets
+there: nothing (same model), Runtime API commands (only servers changed, `runtime` mode), or a
+reload through the master CLI (anything else, any failed runtime command, `reload`/`dns` modes).
+
+The controller keeps the text of the config the live HAProxy is serving (`live`), because that, not
+the templater's idea of the previous file, is what a diff must start from: after a failed reload
+the old worker still serves the old config, and after a restart it serves whatever was on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from templater.haproxy.binary import find_haproxy, haproxy_version
+from templater.haproxy.mastercli import CLIError, alert_lines
+from templater.haproxy.model import ConfigDiff, ConfigModel, Server, ServerChange, diff_models, parse_config
+from templater.haproxy.process import HAProxyProcess
+from templater.haproxy.runtime import (
+    ADMIN_FORCED_MAINT,
+    RuntimeAPI,
+    RuntimeCommandError,
+    ServerState,
+    filter_state_file,
+)
+
+MODES = ("runtime", "reload", "dns")
+
+
+class Settings(Protocol):
+    """The fields of the templater's HAProxySettings this module reads."""
+
+    mode: str
+    binary: str | None
+    config: str
+    master_socket: str
+    stats_socket: str
+    state_file: str
+    supervise: bool
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    alerts: list[str]
+    output: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    ok: bool
+    kind: str                      # "none" | "runtime" | "reload"
+    alerts: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def describe(changes: list[ServerChange]) -> str:
+    """`+2 -1 ~1 servers (web, api)`: a one-line summary for logs and ApplyResult.detail."""
+    added = sum(c.kind == "add" for c in changes)
+    removed = sum(c.kind == "remove" for c in changes)
+    backends = sorted({c.backend for c in changes})
+    return f"+{added} -{removed} ~{len(changes) - added - removed} servers ({', '.join(backends)})"
+
+
+class HAProxyController:
+    """Check configs, apply them to a live HAProxy, supervise it."""
+
+    def __init__(self, settings: Settings, metrics: Any, log: logging.Logger):
+        if settings.mode not in MODES:
+            raise ValueError(f"haproxy mode must be one of {', '.join(MODES)}, not {settings.mode!r}")
+        self.settings = settings
+        self.metrics = metrics
+        self.log = log
+        self.extra = dict(settings.extra or {})
+        self.binary = find_haproxy(settings.binary)
+        self.runtime = RuntimeAPI(settings.stats_socket, float(self.extra.get("runtime_timeout", 5.0)))
+        self.drain_timeout = float(self.extra.get("drain_timeout", 5.0))
+        self.process: HAProxyProcess | None = None
+        self.live: str | None = None         # config text the running HAProxy serves
+        self.last_good: str | None = None    # last config HAProxy loaded successfully
+        self._dirty = False                  # live state may not match `live`: reload next time
+        self._lock = threading.RLock()
+
+    # --- interface -----------------------------------------------------------------------------
+
+    def start(self, config_path: str) -> None:
+        """Attach to a running master or start one on config_path; then make its servers match."""
+        version = haproxy_version(self.binary)
+        if version < (2, 8, 0):
+            self.log.warning("HAProxy %s: reload status and dynamic servers need 2.8+", version)
+        self.process = HAProxyProcess(
+            self.binary, config_path, self.settings.master_socket, self.log,
+            supervise=self.settings.supervise, on_restart=self._restarted,
+            last_good=lambda: self.last_good, check=lambda path: self.check(path).ok)
+        self.process.start()
+        with self._lock:
+            self.live = self.last_good = _read(config_path)
+            if not self.process.owned and self.live is not None and self.settings.mode == "runtime":
+                self._reconcile(parse_config(self.live))
+
+    def check(self, staged_path: str) -> CheckResult:
+        """`haproxy -c -f staged_path`: the verdict, the ALERT lines, the whole output."""
+        try:
+            done = subprocess.run([self.binary, "-c", "-f", staged_path], capture_output=True, text=True,
+                                  timeout=float(self.extra.get("check_timeout", 30.0)))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return CheckResult(False, [f"haproxy -c could not run: {exc}"], str(exc))
+        output = done.stdout + done.stderr
+        return CheckResult(done.returncode == 0, alert_lines(output), output)
+
+    def apply(self, previous: str | None, current: str, config_path: str) -> ApplyResult:
+        """Bring the live HAProxy to `current` (already installed at config_path)."""
+        if self.process is None:
+            raise RuntimeError("HAProxyController.apply() before start()")
+        with self._lock, self.process.lock:
+            baseline = self.live if self.live is not None else previous
+            if baseline is None:
+                return self._reload(None, "live config unknown")
+            diff = diff_models(parse_config(baseline), parse_config(current))
+            if self._dirty:
+                return self._reload(diff, "an earlier update left the live servers uncertain")
+            if diff.empty:
+                self.live = current
+                return ApplyResult(True, "none", [], "no server or structural change")
+            if self.settings.mode == "runtime" and diff.runtime_only:
+                result = self._apply_runtime(diff, current)
+                if result is not None:
+                    return result
+                return self._reload(diff, "a runtime command failed")
+            return self._reload(diff, "; ".join(diff.structural) or f"{self.settings.mode} mode")
+
+    def stop(self) -> None:
+        """Stop supervising; stop HAProxy if this controller started it."""
+        if self.process is not None:
+            self.process.stop()
+
+    # --- runtime path --------------------------------------------------------------------------
+
+    def _apply_runtime(self, diff: ConfigDiff, current: str) -> ApplyResult | None:
+        """Apply server changes with no reload; None when a command failed (caller reloads)."""
+        try:
+            self._run_changes(diff.changes)
+        except RuntimeCommandError as exc:
+            self.log.warning("runtime update failed, falling back to a reload: %s", exc)
+            self._dirty = True
+            return None
+        self.live = current
+        self.metrics.runtime_updates.inc()
+        detail = describe(diff.changes)
+        self.log.info("runtime update: %s", detail)
+        return ApplyResult(True, "runtime", [], detail)
+
+    def _run_changes(self, changes: list[ServerChange]) -> None:
+        """Capacity first: additions, then in-place changes, then removals (drained)."""
+        for change in changes:
+            if change.kind == "add":
+                self.runtime.add_server(change.backend, change.server)
+        for change in changes:
+            if change.kind == "set_addr":
+                self.runtime.set_address(change.backend, change.server)
+            elif change.kind == "set_weight":
+                self.runtime.set_weight(change.backend, change.server)
+            elif change.kind == "set_state":
+                self.runtime.set_maintenance(change.backend, change.server.name, change.server.disabled)
+        removals = [(c.backend, c.server.name) for c in changes if c.kind == "remove"]
+        if removals:
+            self.runtime.remove_servers(removals, self.drain_timeout)
+
+    def _reconcile(self, model: ConfigModel) -> None:
+        """After attaching: make the live servers match the file (a templater that died between
+        installing a file and applying it left them apart); reload if that fails."""
+        try:
+            live = self.runtime.servers_state()
+        except RuntimeCommandError as exc:
+            self.log.warning("cannot read live servers after attaching: %s", exc)
+            return
+        changes = reconcile_changes(model, live)
+        if not changes:
+            self.log.info("attached: live servers match %s", self.settings.config)
+            return
+        self.log.info("attached: live servers differ from the file, fixing: %s", describe(changes))
+        try:
+            self._run_changes(changes)
+        except RuntimeCommandError as exc:
+            self.log.warning("reconcile failed (%s); reloading", exc)
+            self._reload(None, "reconcile after attach failed")
+
+    # --- reload path ---------------------------------------------------------------------------
+
+    def _reload(self, diff: ConfigDiff | None, reason: str) -> ApplyResult:
+        """Save server state (minus servers the new config changes), reload, read the verdict."""
+        assert self.process is not None
+        self._save_state(diff.touched() if diff else set())
+        self.metrics.reloads.inc()
+        self.log.info("reloading HAProxy: %s", reason)
+        try:
+            status = self.process.master.reload()
+        except CLIError as exc:
+            self.metrics.reload_failures.inc()
+            self.log.error("reload failed: %s", exc)
+            return ApplyResult(False, "reload", [], f"master CLI: {exc}")
+        if not status.ok:
+            self.metrics.reload_failures.inc()
+            for alert in status.alerts:
+                self.log.error("reload failed: %s", alert)
+            return ApplyResult(False, "reload", status.alerts, "HAProxy refused the new config (Success=0); "
+                               "the previous worker keeps serving")
+        current = _read(self.process.config_path)
+        self.live = self.last_good = current
+        self._dirty = False
+        return ApplyResult(True, "reload", [], reason)
+
+    def _save_state(self, stale: set[tuple[str, str]]) -> None:
+        """`show servers state` → state file, atomically; a failure only costs the saved state."""
+        path = self.settings.state_file
+        if not path:
+            return
+        try:
+            text = filter_state_file(self.runtime.servers_state_text(), stale)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path + ".tmp", "w") as handle:
+                handle.write(text)
+            os.replace(path + ".tmp", path)
+        except (RuntimeCommandError, OSError) as exc:
+            self.log.warning("could not save server state before reload: %s", exc)
+
+    def _restarted(self) -> None:
+        """Called by the supervisor after HAProxy came back: it now serves the file on disk."""
+        self.metrics.haproxy_restarts.inc()
+        assert self.process is not None
+        self.live = _read(self.process.config_path)
+        self._dirty = False
+
+
+def reconcile_changes(model: ConfigModel, live: list[ServerState]) -> list[ServerChange]:
+    """Server changes that turn the live servers into the model's, for backends managed by `server`
+    lines only (DNS `server-template` slots belong to HAProxy's resolver)."""
+    by_backend: dict[str, dict[str, ServerState]] = {}
+    for state in live:
+        by_backend.setdefault(state.backend, {})[state.name] = state
+    changes: list[ServerChange] = []
+    for backend in model.backends.values():
+        if not backend.dynamic or backend.templated:
+            continue
+        current = by_backend.get(backend.name, {})
+        for name, server in backend.servers.items():
+            state = current.get(name)
+            if state is None:
+                changes.append(ServerChange("add", backend.name, server))
+                continue
+            if (state.addr, state.port) != (server.addr, server.port) and server.port is not None:
+                changes.append(ServerChange("set_addr", backend.name, server))
+            if state.weight != server.weight:
+                changes.append(ServerChange("set_weight", backend.name, server))
+            wrong_maint = state.in_maintenance if not server.disabled else not state.in_maintenance
+            if wrong_maint and (server.disabled or state.admin_state & ADMIN_FORCED_MAINT):
+                changes.append(ServerChange("set_state", backend.name, server))
+        changes.extend(ServerChange("remove", backend.name, Server(name, state.addr, state.port))
+                       for name, state in current.items() if name not in backend.servers)
+    return changes
