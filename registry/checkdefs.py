@@ -3,6 +3,9 @@
 The record carries Consul's public fields plus a private `_spec` (hidden from every view) that
 the check runners read: what to probe, how often, and the thresholds. Keeping the spec inside the
 record means agent checks survive a restart with the catalog, as Consul's persisted checks do.
+
+Validation follows Consul's order and words (agent/check/register: name, status, then the check
+type's own rules as `Invalid check: ...`; script checks on an agent without them: 500).
 """
 
 from __future__ import annotations
@@ -17,8 +20,17 @@ UNSUPPORTED_TYPES = ("GRPC", "H2PING", "H2PingUseTLS", "DockerContainerID", "Ali
                      "OSService", "UDP")
 MIN_INTERVAL = 1.0
 OUTPUT_MAX = 4096
+DEFAULT_TIMEOUT = {"http": 10.0, "tcp": 10.0, "script": 30.0}
 
 CHECK_ALIASES = {"scriptargs": "args", "id": "checkid"}
+
+#: Consul's texts when script checks are off: remote = HTTP API, local = config files.
+SCRIPTS_DISABLED_REMOTE = ("Scripts are disabled on this agent from remote calls; to enable, configure "
+                           "'enable_script_checks' to true")
+SCRIPTS_DISABLED_LOCAL = ("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
+                          "or 'enable_local_script_checks' to true")
+SERVICE_STATUS_ERROR = "Status for checks must 'passing', 'warning', 'critical'"
+CHECK_STATUS_ERROR = "Bad check status"
 
 
 def _seconds(body: Body, name: str, default: float = 0.0) -> float:
@@ -31,32 +43,37 @@ def _seconds(body: Body, name: str, default: float = 0.0) -> float:
         raise RequestError(400, f"Request decode failed: {name}: {exc}") from None
 
 
+def _invalid(text: str) -> RequestError:
+    return RequestError(400, f"Invalid check: {text}")
+
+
 def check_type(body: Body) -> str:
-    """ttl / http / tcp / script, or a 400 naming what is wrong."""
+    """ttl / http / tcp / script, picked in Consul's order when several are set ("" for none)."""
     for name in UNSUPPORTED_TYPES:
         if body.get(name):
-            raise RequestError(400, f"Invalid check: {name} checks are not supported by this registry")
-    kinds = [k for k, present in (("ttl", body.has("TTL")), ("http", body.has("HTTP")),
-                                  ("tcp", body.has("TCP")),
-                                  ("script", body.has("Args") or body.has("Script"))) if present]
-    if len(kinds) > 1:
-        raise RequestError(400, "Invalid check: only one of TTL, HTTP, TCP or Args/Script may be set")
-    return kinds[0] if kinds else ""
+            raise _invalid(f"{name} checks are not supported by this registry")
+    for kind, present in (("http", body.get("HTTP")), ("ttl", body.has("TTL") and body.get("TTL") != ""),
+                          ("tcp", body.get("TCP")), ("script", body.get("Args") or body.get("Script"))):
+        if present:
+            return kind
+    return ""
 
 
 def parse_check(body: Body, node: str, *, service: dict | None = None, position: int = 0, count: int = 1,
-                enable_script_checks: bool = False) -> dict:
-    """A stored check record (status defaults to critical, as in Consul)."""
-    kind = check_type(body)
-    if service is None and not kind and not body.get("Name"):
+                enable_script_checks: bool = False, local: bool = False) -> dict:
+    """A stored check record (status defaults to critical, as in Consul).
+
+    `local` marks a definition from a config file: Consul words the script refusal differently there.
+    """
+    if service is None and not body.get("Name"):
         raise RequestError(400, "Missing check name")
-    if kind == "script" and not enable_script_checks:
-        raise RequestError(400, "Scripts are disabled on this agent; to enable, configure "
-                                "'enable_script_checks' or 'enable_local_script_checks' to true")
     status = body.get("Status") or "critical"
     if status not in VALID_STATUSES:
-        raise RequestError(400, "Status for checks must 'passing', 'warning', 'critical'")
+        raise RequestError(400, SERVICE_STATUS_ERROR if service is not None else CHECK_STATUS_ERROR)
+    kind = check_type(body)
     spec = _spec(body, kind)
+    if kind == "script" and not enable_script_checks:
+        raise RequestError(500, SCRIPTS_DISABLED_LOCAL if local else SCRIPTS_DISABLED_REMOTE)
     check_id, name = _identity(body, service, position, count)
     service_id = service["ID"] if service else (body.get("ServiceID") or "")
     return {
@@ -64,7 +81,7 @@ def parse_check(body: Body, node: str, *, service: dict | None = None, position:
         "Output": "", "ServiceID": service_id, "ServiceName": service["Service"] if service else "",
         "ServiceTags": list(service["Tags"]) if service else [], "Type": kind,
         "Interval": format_duration(spec["interval"]) if spec["interval"] else "",
-        "Timeout": format_duration(spec["timeout"]) if kind in ("http", "tcp", "script") else "",
+        "Timeout": format_duration(spec["timeout"]) if kind in DEFAULT_TIMEOUT else "",
         "ExposedPort": 0, "Definition": _definition(body, spec), "_spec": spec,
         "_keep_status": not body.has("Status"),
     }
@@ -79,14 +96,28 @@ def _identity(body: Body, service: dict | None, position: int, count: int) -> tu
     return check_id or name, name
 
 
+def _validate(kind: str, interval: float, ttl: float) -> None:
+    """Consul's CheckType.Validate rules, in its order and words."""
+    if interval > 0 and ttl > 0:
+        raise _invalid("Interval and TTL cannot both be specified")
+    if kind in ("http", "tcp", "script") and interval <= 0:
+        raise _invalid("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
+    if kind in ("ttl", "") and ttl <= 0:
+        raise _invalid("TTL must be > 0 for TTL checks")
+
+
+def _count(body: Body, name: str, default: int = 0) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(400, f"Request decode failed: {name}: expected a number")
+    return value
+
+
 def _spec(body: Body, kind: str) -> dict[str, Any]:
     interval = _seconds(body, "Interval")
     ttl = _seconds(body, "TTL")
-    if kind == "ttl" and ttl <= 0:
-        raise RequestError(400, "Invalid check: TTL must be > 0 for TTL checks")
+    _validate(kind, interval, ttl)
     if kind in ("http", "tcp", "script"):
-        if interval <= 0:
-            raise RequestError(400, "Invalid check: Interval must be > 0 for Script, HTTP, or TCP checks")
         interval = max(interval, MIN_INTERVAL)
     args = body.get("Args") or []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -94,15 +125,24 @@ def _spec(body: Body, kind: str) -> dict[str, Any]:
     header = body.get("Header") or {}
     if not isinstance(header, dict):
         raise RequestError(400, "Request decode failed: Header must be a map of string lists")
+    output_max = _count(body, "OutputMaxSize")
+    if output_max < 0:
+        raise _invalid("MaxOutputMaxSize must be positive")
+    failures_critical = _count(body, "FailuresBeforeCritical")
+    failures_warning = _count(body, "FailuresBeforeWarning", failures_critical) or failures_critical
+    if failures_warning > failures_critical:
+        raise _invalid("FailuresBeforeWarning can't be higher than FailuresBeforeCritical")
+    timeout = _seconds(body, "Timeout", DEFAULT_TIMEOUT.get(kind, 10.0))
     return {
-        "kind": kind, "interval": interval, "timeout": _seconds(body, "Timeout", 10.0), "ttl": ttl,
+        "kind": kind, "interval": interval, "timeout": timeout, "ttl": ttl,
         "http": body.get("HTTP", ""), "method": body.get("Method") or "GET", "header": header,
         "body": body.get("Body", ""), "tls_skip_verify": bool(body.get("TLSSkipVerify", False)),
         "tcp": body.get("TCP", ""), "args": list(args), "script": body.get("Script", ""),
         "deregister_after": _seconds(body, "DeregisterCriticalServiceAfter"),
-        "success_before_passing": int(body.get("SuccessBeforePassing", 0) or 0),
-        "failures_before_critical": int(body.get("FailuresBeforeCritical", 0) or 0),
-        "output_max_size": int(body.get("OutputMaxSize", OUTPUT_MAX) or OUTPUT_MAX),
+        "success_before_passing": _count(body, "SuccessBeforePassing"),
+        "failures_before_warning": failures_warning,
+        "failures_before_critical": failures_critical,
+        "output_max_size": min(output_max or OUTPUT_MAX, OUTPUT_MAX),
     }
 
 
@@ -110,7 +150,7 @@ def _definition(body: Body, spec: dict[str, Any]) -> dict[str, Any]:
     """The HealthCheckDefinition Consul shows in catalog/health check JSON."""
     return {
         "Interval": format_duration(spec["interval"]), "Timeout": format_duration(spec["timeout"])
-        if spec["kind"] in ("http", "tcp", "script") else "0s",
+        if spec["kind"] in DEFAULT_TIMEOUT else "0s",
         "DeregisterCriticalServiceAfter": format_duration(spec["deregister_after"]),
         "HTTP": spec["http"], "Header": spec["header"] or None, "Method": body.get("Method", ""),
         "Body": spec["body"], "TLSServerName": "", "TLSSkipVerify": spec["tls_skip_verify"],
@@ -118,15 +158,20 @@ def _definition(body: Body, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _as_list(value: Any, name: str) -> list[Any]:
+    """One check or several: JSON gives an object or a list, HCL blocks always give lists."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise RequestError(400, f"Request decode failed: {name} must be an object or a list")
+
+
 def service_check_bodies(service_body: Body) -> list[Body]:
     """`Check` (one) and `Checks` (a list) of a service registration, as Bodies."""
-    raw: list[Any] = []
-    if service_body.get("Check"):
-        raw.append(service_body.get("Check"))
-    checks = service_body.get("Checks") or []
-    if not isinstance(checks, list):
-        raise RequestError(400, "Request decode failed: Checks must be a list")
-    raw.extend(checks)
+    raw = _as_list(service_body.get("Check"), "Check") + _as_list(service_body.get("Checks"), "Checks")
     bodies = []
     for item in raw:
         if not isinstance(item, dict):
@@ -135,7 +180,8 @@ def service_check_bodies(service_body: Body) -> list[Body]:
     return [b for b in bodies if b.raw]
 
 
-def parse_service_checks(service_body: Body, service: dict, node: str, enable_script_checks: bool) -> list[dict]:
+def parse_service_checks(service_body: Body, service: dict, node: str, enable_script_checks: bool,
+                         local: bool = False) -> list[dict]:
     bodies = service_check_bodies(service_body)
     return [parse_check(b, node, service=service, position=i, count=len(bodies),
-                        enable_script_checks=enable_script_checks) for i, b in enumerate(bodies)]
+                        enable_script_checks=enable_script_checks, local=local) for i, b in enumerate(bodies)]

@@ -91,15 +91,10 @@ async def checks(request: web.Request) -> web.Response:
 async def register_check(request: web.Request) -> web.Response:
     body = await read_object(request, CHECK_ALIASES)
     store = store_of(request)
-    sid = body.get("ServiceID") or ""
-    service_record = None
-    if sid:
-        service_record = _local_services(request).get(sid)
-        if service_record is None:
-            raise RequestError(404, f'ServiceID "{sid}" does not exist')
     check = parse_check(body, store.node_name, enable_script_checks=request.app["agent_info"].enable_script_checks)
-    if service_record is not None:
-        check["ServiceID"] = sid
+    sid = check["ServiceID"]
+    if sid and sid not in _local_services(request):
+        raise RequestError(404, f'ServiceID "{sid}" does not exist')
     await store.register_check(check)
     return empty_ok()
 
@@ -175,6 +170,8 @@ async def service_maintenance(request: web.Request) -> web.Response:
         raise _unknown_service(sid)
     cid = f"_service_maintenance:{sid}"
     if enable:
+        if (store.node_name, cid) in store.checks:
+            return empty_ok()  # already in maintenance: Consul keeps the first reason
         reason = request.query.get("reason") or MAINT_DEFAULT_REASON
         await store.register_check(_maintenance_check(store.node_name, cid, "Service Maintenance Mode",
                                                       reason, svc))
@@ -188,6 +185,8 @@ async def node_maintenance(request: web.Request) -> web.Response:
     enable = _enable_param(request)
     store = store_of(request)
     if enable:
+        if (store.node_name, "_node_maintenance") in store.checks:
+            return empty_ok()
         reason = request.query.get("reason") or NODE_MAINT_DEFAULT_REASON
         await store.register_check(_maintenance_check(store.node_name, "_node_maintenance",
                                                       "Node Maintenance Mode", reason, None))

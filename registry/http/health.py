@@ -14,6 +14,17 @@ routes = web.RouteTableDef()
 CHECK_STATES = ("any", "passing", "warning", "critical")
 
 
+def has_tags(svc: dict, tags: list[str]) -> bool:
+    """?tag filtering is case-insensitive in Consul (its state store lower-cases both sides)."""
+    own = {t.lower() for t in svc["Tags"] or ()}
+    return all(t.lower() in own for t in tags)
+
+
+def _meta_ok(node: dict | None, wanted: dict[str, str]) -> bool:
+    meta = (node or {}).get("Meta") or {}
+    return all(meta.get(k) == v for k, v in wanted.items())
+
+
 def _passing_param(request: web.Request) -> bool:
     if "passing" not in request.query:
         return False
@@ -39,9 +50,7 @@ async def service(request: web.Request) -> web.Response:
         result = service_index(store, name)
         entries = []
         for node, svc, checks in store.instances(name):
-            if not all(t in svc["Tags"] for t in tags):
-                continue
-            if any((node.get("Meta") or {}).get(k) != v for k, v in wanted.items()):
+            if not has_tags(svc, tags) or not _meta_ok(node, wanted):
                 continue
             if passing_only and any(c["Status"] != "passing" for c in checks):
                 continue
@@ -57,10 +66,12 @@ async def service_checks(request: web.Request) -> web.Response:
     check_consistency(request)
     store = store_of(request)
     name = request.match_info["service"]
+    wanted = node_meta_filter(request)
 
     def compute() -> Result:
         result = service_index(store, name)
-        checks = [check_view(c) for _, _, cs in store.instances(name) for c in cs if c["ServiceID"]]
+        checks = [check_view(c) for node, _, cs in store.instances(name) if _meta_ok(node, wanted)
+                  for c in cs if c["ServiceID"]]
         result.body = sorted(checks, key=lambda c: (c["Node"], c["CheckID"]))
         return result
 
@@ -88,10 +99,12 @@ async def state(request: web.Request) -> web.Response:
     wanted = request.match_info["state"]
     if wanted not in CHECK_STATES:
         raise RequestError(400, "Bad check state")
+    node_meta = node_meta_filter(request)
 
     def compute() -> Result:
-        checks = [check_view(c) for _, c in sorted(store.checks.items())
-                  if wanted == "any" or c["Status"] == wanted]
+        checks = [check_view(c) for (node, _), c in sorted(store.checks.items())
+                  if (wanted == "any" or c["Status"] == wanted)
+                  and (not node_meta or _meta_ok(store.nodes.get(node), node_meta))]
         return Result(checks, store.topic_index("checks"))
 
     return reply_result(request, await run_query(store, request.query, ["checks"], compute))

@@ -1,0 +1,1 @@
+"""edgestack: the CLI and the local stack (`edgestack up`); imports registry/ and templater/, never the reverse."""
