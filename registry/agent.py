@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from registry import VERSION
+from registry.acl import ACLService
 from registry.config import AgentConfig, ConfigError, parse_args
 from registry.http import build_app
 from registry.persistence import open_persistence
@@ -64,7 +65,9 @@ class Agent:
     async def start(self) -> None:
         await self._register_self()
         self.store.arm_all_session_timers()
-        app = build_app(self.store, self.info)
+        self.acl = ACLService(self.store, self.config.acl)
+        await self.acl.setup()
+        app = build_app(self.store, self.info, self.acl)
         self.app = app
         await self._start_optional_parts(app)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)

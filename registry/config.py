@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("recursor", action="append", default=None, help="forward names outside the domain here")
     opt("config-file", action="append", default=[])
     opt("config-dir", action="append", default=[])
+    opt("hcl", action="append", default=[], help="an HCL config fragment (repeatable), e.g. 'acl { enabled = true }'")
     opt("log-level")
     opt("enable-script-checks", action="store_true", default=None)
     opt("server", action="store_true", help="accepted: this registry is always a server")
@@ -179,6 +180,11 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> AgentC
     merged: dict[str, Any] = {}
     for path in files + [f for d in dirs for f in config_dir_files(d)]:
         merged = merge(merged, load_config_file(path))
+    for fragment in args.hcl:
+        try:
+            merged = merge(merged, _collapse_blocks(hcl_loads(fragment)))
+        except Exception as exc:  # noqa: BLE001 - the HCL parser raises several kinds
+            raise ConfigError(f"-hcl: invalid HCL: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     if env.get("CONSUL_LOCAL_CONFIG"):
         try:
             merged = merge(merged, json.loads(env["CONSUL_LOCAL_CONFIG"]))

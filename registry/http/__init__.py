@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from registry.acl import ACLService
 from registry.blocking import QueryError
+from registry.http import acl as acl_endpoints
 from registry.http import agent, catalog, health, kv, session, status
+from registry.http.authz import acl_middleware
 from registry.http.common import RequestError, text_error
 from registry.store import Store, StoreError
 
@@ -55,16 +58,16 @@ async def acl_disabled(request: web.Request) -> web.Response:
     return text_error(401, "ACL support disabled")
 
 
-def build_app(store: Store, agent_info: object, middlewares: list | None = None,
-              acl_routes: web.RouteTableDef | None = None) -> web.Application:
-    """The application for one agent: store and agent info ride on the app object."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[consul_errors, *(middlewares or [])])
+def build_app(store: Store, agent_info: object, acl: ACLService) -> web.Application:
+    """The application for one agent: store, agent info and ACLs ride on the app object."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[consul_errors, acl_middleware])
     app["store"] = store
     app["agent_info"] = agent_info
+    app["acl"] = acl
     for module in (agent, catalog, health, kv, session, status):
         app.router.add_routes(module.routes)
-    if acl_routes is not None:
-        app.router.add_routes(acl_routes)
+    if acl.enabled:
+        app.router.add_routes(acl_endpoints.routes)
     else:
         app.router.add_route("*", "/v1/acl/{tail:.*}", acl_disabled)
     app.router.add_get("/", index)

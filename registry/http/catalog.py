@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.blocking import Result, run_query
+from registry.http.authz import authz, can_read_node, can_read_service, require, visible
 from registry.http.common import (
     Body,
     RequestError,
@@ -55,7 +56,8 @@ async def nodes(request: web.Request) -> web.Response:
 
     def compute() -> Result:
         body = [n for _, n in sorted(store.nodes.items()) if _meta_matches(n, wanted)]
-        return Result(body, store.topic_index("nodes"))
+        return Result(visible(request, body, lambda who, n: can_read_node(who, n["Node"])),
+                      store.topic_index("nodes"))
 
     return reply_result(request, await run_query(store, request.query, ["nodes"], compute))
 
@@ -68,12 +70,15 @@ async def services(request: web.Request) -> web.Response:
 
     def compute() -> Result:
         if not wanted:
-            return Result(store.service_names(), store.topic_index("services"))
-        names: dict[str, set[str]] = {}
-        for (node_name, _), svc in store.services.items():
-            if _meta_matches(store.nodes.get(node_name, {}), wanted):
-                names.setdefault(svc["Service"], set()).update(svc["Tags"])
-        return Result({n: sorted(t) for n, t in sorted(names.items())}, store.topic_index("services"))
+            names = store.service_names()
+        else:
+            found: dict[str, set[str]] = {}
+            for (node_name, _), svc in store.services.items():
+                if _meta_matches(store.nodes.get(node_name, {}), wanted):
+                    found.setdefault(svc["Service"], set()).update(svc["Tags"])
+            names = {n: sorted(t) for n, t in sorted(found.items())}
+        allowed = visible(request, names, can_read_service)
+        return Result({n: names[n] for n in allowed}, store.topic_index("services"))
 
     return reply_result(request, await run_query(store, request.query, ["services", "nodes"], compute))
 
@@ -88,8 +93,10 @@ async def service(request: web.Request) -> web.Response:
 
     def compute() -> Result:
         result = service_index(store, name)
-        result.body = [catalog_service(node, svc) for node, svc, _ in store.instances(name)
-                       if all(t in svc["Tags"] for t in tags) and _meta_matches(node, wanted)]
+        found = [(node, svc) for node, svc, _ in store.instances(name)
+                 if all(t in svc["Tags"] for t in tags) and _meta_matches(node, wanted)]
+        found = visible(request, found, lambda who, i: can_read_service(who, name) and can_read_node(who, i[0]["Node"]))
+        result.body = [catalog_service(node, svc) for node, svc in found]
         return result
 
     return reply_result(request, await run_query(store, request.query, [f"service:{name}"], compute))
@@ -104,9 +111,11 @@ async def node(request: web.Request) -> web.Response:
     def compute() -> Result:
         own = store.topic_index(f"node:{name}")
         record = store.nodes.get(name)
-        if record is None:
+        if record is None or not visible(request, [name], can_read_node):
             return Result(None, own or store.topic_index("nodes"), own)
-        services = {sid: node_service(svc) for sid, svc in sorted(store.node_services.get(name, {}).items())}
+        allowed = visible(request, sorted(store.node_services.get(name, {}).items()),
+                          lambda who, item: can_read_service(who, item[1]["Service"]))
+        services = {sid: node_service(svc) for sid, svc in allowed}
         for view in services.values():
             view.pop("Proxy", None)
             view.pop("Connect", None)
@@ -147,8 +156,26 @@ async def register(request: web.Request) -> web.Response:
     svc_body = body.sub("Service")
     service = parse_service(svc_body) if svc_body else None
     checks = [_catalog_check(c, node_name) for c in _check_bodies(body)]
+    _require_register(request, node, service, checks, bool(body.get("SkipNodeUpdate", False)))
     await store_of(request).catalog_register(node, service, checks, bool(body.get("SkipNodeUpdate", False)))
     return reply(request, True)
+
+
+def _require_register(request: web.Request, node: dict, service: dict | None, checks: list[dict],
+                      skip_node_update: bool) -> None:
+    """node:write to create or change the node or its node checks; service:write for the service."""
+    store = store_of(request)
+    existing = store.nodes.get(node["Node"])
+    node_changes = existing is None or (not skip_node_update and any(existing.get(k) != v for k, v in node.items()))
+    if node_changes or any(not c["ServiceID"] for c in checks):
+        require(request, "node", node["Node"], "write")
+    if service is not None:
+        require(request, "service", service["Service"], "write")
+    for check in checks:
+        if check["ServiceID"]:
+            svc = store.services.get((node["Node"], check["ServiceID"]))
+            name = svc["Service"] if svc else (service["Service"] if service else check["ServiceID"])
+            require(request, "service", name, "write")
 
 
 def _check_bodies(body: Body) -> list[Body]:
@@ -180,8 +207,14 @@ async def deregister(request: web.Request) -> web.Response:
     node_name = body.get("Node", "")
     if not node_name:
         raise RequestError(400, "Must provide node")
+    store = store_of(request)
+    svc = store.services.get((node_name, body.get("ServiceID") or ""))
+    if body.get("ServiceID") and svc is not None:
+        require(request, "service", svc["Service"], "write")
+    elif not body.get("ServiceID"):
+        require(request, "node", node_name, "write")
     await store_of(request).catalog_deregister(node_name, body.get("ServiceID"), body.get("CheckID"))
     return reply(request, True)
 
 
-__all__ = ["routes", "service_index", "node_meta_filter", "check_view"]
+__all__ = ["routes", "service_index", "node_meta_filter", "check_view", "authz"]

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from registry.blocking import Result, run_query
+from registry.http.authz import authz, denied, require, visible
 from registry.http.common import (
     RequestError,
     add_index_headers,
@@ -36,13 +37,14 @@ def _key(request: web.Request) -> str:
 
 
 def _read(request: web.Request, key: str) -> tuple[list[str], callable]:
-    """Topics and the compute function for one KV read."""
+    """Topics and the compute function for one KV read (listings hold only what the token may read)."""
     store = store_of(request)
     if flag(request, "keys"):
         separator = request.query.get("separator", request.query.get("seperator", ""))
-        return [f"kvp:{key}"], lambda: _keys_result(store, key, separator)
+        return [f"kvp:{key}"], lambda: _keys_result(request, key, separator)
     if flag(request, "recurse"):
-        return [f"kvp:{key}"], lambda: _recurse_result(store, key)
+        return [f"kvp:{key}"], lambda: _recurse_result(request, key)
+    require(request, "key", key, "read")
     return [f"kv:{key}"], lambda: _single_result(store, key)
 
 
@@ -53,15 +55,22 @@ def _single_result(store, key: str) -> Result:
     return Result([entry], entry["ModifyIndex"])
 
 
-def _recurse_result(store, prefix: str) -> Result:
-    entries = store.kv_prefix_items(prefix)
+def _readable(request: web.Request, prefix: str, access: str) -> list[dict]:
+    return visible(request, store_of(request).kv_prefix_items(prefix),
+                   lambda who, entry: who.allowed("key", entry["Key"], access))
+
+
+def _recurse_result(request: web.Request, prefix: str) -> Result:
+    store = store_of(request)
+    entries = _readable(request, prefix, "read")
     own = store.kv_prefix_index(prefix)
     return Result(entries or None, own or store.topic_index("kv"), own)
 
 
-def _keys_result(store, prefix: str, separator: str) -> Result:
+def _keys_result(request: web.Request, prefix: str, separator: str) -> Result:
+    store = store_of(request)
     keys: list[str] = []
-    for entry in store.kv_prefix_items(prefix):
+    for entry in _readable(request, prefix, "list"):
         key = entry["Key"]
         if separator:
             cut = key.find(separator, len(prefix))
@@ -117,6 +126,7 @@ async def put_kv(request: web.Request) -> web.Response:
         raise RequestError(413, f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
                                 "See https://developer.hashicorp.com/docs/agent/config/config-files"
                                 "#kv_max_value_size.")
+    require(request, "key", key, "write")
     flags = uint_param(request, "flags") or 0
     cas = uint_param(request, "cas")
     body = await request.read()
@@ -134,5 +144,8 @@ async def delete_kv(request: web.Request) -> web.Response:
     _conflicting(request, ("recurse", "cas"))
     if key == "" and not recurse:
         raise RequestError(400, "Missing key name")
+    if recurse and not authz(request).prefix_writable("key", key):
+        raise denied(authz(request), "key:write", key)
+    require(request, "key", key, "write")
     ok = await store_of(request).kv_delete(key, recurse=recurse, cas=uint_param(request, "cas"))
     return reply(request, ok)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from registry.blocking import Result, run_query
 from registry.durations import DurationError, parse_duration
+from registry.http.authz import require, visible
 from registry.http.common import RequestError, check_consistency, read_object, reply, reply_result, store_of
 
 routes = web.RouteTableDef()
@@ -42,12 +43,14 @@ async def create(request: web.Request) -> web.Response:
         request_fields["LockDelay"] = _lock_delay(request_fields["LockDelay"])
     if "TTL" in request_fields:
         _duration(request_fields["TTL"])
+    require(request, "session", request_fields.get("Node") or store_of(request).node_name, "write")
     sid = await store_of(request).session_create(request_fields)
     return reply(request, {"ID": sid})
 
 
 @routes.put("/v1/session/destroy/{session}")
 async def destroy(request: web.Request) -> web.Response:
+    _require_session_write(request)
     await store_of(request).session_destroy(request.match_info["session"])
     return reply(request, True)
 
@@ -55,15 +58,24 @@ async def destroy(request: web.Request) -> web.Response:
 @routes.put("/v1/session/renew/{session}")
 async def renew(request: web.Request) -> web.Response:
     sid = request.match_info["session"]
+    _require_session_write(request)
     session = await store_of(request).session_renew(sid)
     if session is None:
         raise RequestError(404, f"Session id '{sid}' not found")
     return reply(request, [session])
 
 
-def _sessions_result(store, topic: str, keep) -> Result:
+def _require_session_write(request: web.Request) -> None:
+    session = store_of(request).sessions.get(request.match_info["session"])
+    if session is not None:
+        require(request, "session", session["Node"], "write")
+
+
+def _sessions_result(request: web.Request, topic: str, keep) -> Result:
+    store = store_of(request)
     own = store.topic_index(topic)
-    body = [s for _, s in sorted(store.sessions.items()) if keep(s)]
+    body = visible(request, [s for _, s in sorted(store.sessions.items()) if keep(s)],
+                   lambda who, s: who.allowed("session", s["Node"], "read"))
     return Result(body, own or store.topic_index("sessions"), own)
 
 
@@ -74,7 +86,7 @@ async def info(request: web.Request) -> web.Response:
     sid = request.match_info["session"]
     topic = f"session:{sid}"
     result = await run_query(store, request.query, [topic],
-                             lambda: _sessions_result(store, topic, lambda s: s["ID"] == sid))
+                             lambda: _sessions_result(request, topic, lambda s: s["ID"] == sid))
     return reply_result(request, result)
 
 
@@ -83,7 +95,7 @@ async def list_(request: web.Request) -> web.Response:
     check_consistency(request)
     store = store_of(request)
     result = await run_query(store, request.query, ["sessions"],
-                             lambda: _sessions_result(store, "sessions", lambda s: True))
+                             lambda: _sessions_result(request, "sessions", lambda s: True))
     return reply_result(request, result)
 
 
@@ -94,5 +106,5 @@ async def node(request: web.Request) -> web.Response:
     name = request.match_info["node"]
     topic = f"session_node:{name}"
     result = await run_query(store, request.query, [topic],
-                             lambda: _sessions_result(store, topic, lambda s: s["Node"] == name))
+                             lambda: _sessions_result(request, topic, lambda s: s["Node"] == name))
     return reply_result(request, result)
