@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from registry.config import hcl_loads
+from registry.durations import parse_duration
 
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 ANONYMOUS_SECRET = "anonymous"
@@ -192,6 +193,8 @@ class ACLService:
         tokens = settings.get("tokens") or {}
         self.initial_management = tokens.get("initial_management") or tokens.get("master") or ""
         self.default_token = tokens.get("default") or ""
+        self.min_ttl = parse_duration(settings.get("token_min_expiration_ttl", "1m"))
+        self.max_ttl = parse_duration(settings.get("token_max_expiration_ttl", "24h"))
         self._rules_cache: dict[tuple[str, int], Rules] = {}
         self._by_secret: dict[str, str] = {}
         self._by_secret_index = -1

@@ -70,7 +70,7 @@ class Agent:
         app = build_app(self.store, self.info, self.acl)
         self.app = app
         await self._start_optional_parts(app)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.client_addr, self.config.http_port, reuse_address=True)
         await site.start()
@@ -113,6 +113,7 @@ class Agent:
             await self.store.put_record("meta", "node_id", self.info.node_id, "meta")  # type: ignore[arg-type]
 
     async def stop(self) -> None:
+        self.store.wake_all()
         for part in reversed(self.services):
             with contextlib.suppress(Exception):
                 await part.stop()

@@ -77,7 +77,7 @@ async def run_query(store: Store, query: dict[str, str], topics: Iterable[str],
     topic_list = list(topics)
     while True:
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        if remaining <= 0 or store.closing:
             return _clamp(result)
         changed = store.watch(topic_list)
         try:

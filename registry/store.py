@@ -99,6 +99,7 @@ class Store:
         for (node, cid), chk in self.checks.items():
             self.node_checks.setdefault(node, {})[cid] = chk
         self._waiters: dict[str, set[asyncio.Future]] = {}
+        self.closing = False
         self._lock_delays: dict[str, float] = {}
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         #: Called with each committed Txn (DNS cache, check runners, ...).
@@ -152,6 +153,11 @@ class Store:
 
         future.add_done_callback(forget)
         return future
+
+    def wake_all(self) -> None:
+        """On shutdown: every parked read answers now (with what it has) instead of holding the stop."""
+        self.closing = True
+        self._wake(set(self._waiters))
 
     def _wake(self, topics: set[str]) -> None:
         for topic in topics:

@@ -16,7 +16,7 @@ from registry.acl import (
     parse_rules,
     token_hash,
 )
-from registry.durations import DurationError, parse_duration
+from registry.durations import DurationError, format_duration, parse_duration
 from registry.http.authz import authz, require
 from registry.http.common import Body, RequestError, read_object, reply
 
@@ -67,17 +67,26 @@ def _policy_links(acl: ACLService, body: Body) -> list[dict[str, str]]:
     return links
 
 
+def _expiration_ttl(acl: ACLService, raw: object) -> float | None:
+    """ExpirationTTL within [token_min_expiration_ttl (1m), token_max_expiration_ttl (24h)], as Consul."""
+    if not raw:
+        return None
+    try:
+        ttl = parse_duration(raw)
+    except DurationError as exc:
+        raise RequestError(400, f"Request decode failed: {exc}") from None
+    if not acl.min_ttl <= ttl <= acl.max_ttl:
+        raise RequestError(400, f"Token Expiration TTL '{raw}' should be between "
+                                f"{format_duration(acl.min_ttl)} and {format_duration(acl.max_ttl)}")
+    return ttl
+
+
 @routes.put("/v1/acl/token")
 async def create_token(request: web.Request) -> web.Response:
     require(request, "acl", None, "write")
     acl = _acl(request)
     body = await read_object(request)
-    ttl = None
-    if body.get("ExpirationTTL"):
-        try:
-            ttl = parse_duration(body.get("ExpirationTTL"))
-        except DurationError as exc:
-            raise RequestError(400, f"Request decode failed: {exc}") from None
+    ttl = _expiration_ttl(acl, body.get("ExpirationTTL"))
     secret = body.get("SecretID")
     if secret and acl.find_secret(secret):
         raise RequestError(400, "Invalid Token: SecretID is already in use")
