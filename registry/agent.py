@@ -73,7 +73,12 @@ class Agent:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.client_addr, self.config.http_port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d (HTTP): %s", self.config.client_addr, self.config.http_port,
+                      exc.strerror)
+            raise
         log.info("edgestack registry %s ready: node %s, datacenter %s, HTTP http://%s:%d%s", VERSION,
                  self.info.node_name, self.info.datacenter, self.config.client_addr, self.config.http_port,
                  self._dns_text())
@@ -133,9 +138,8 @@ async def serve(config: AgentConfig) -> int:
     agent = Agent(config)
     try:
         await agent.start()
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", f"{config.client_addr}:{config.http_port}", exc.strerror)
-        await agent.stop()
+    except OSError:
+        await agent.stop()  # the part that could not bind has said which address and why
         return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -61,7 +61,7 @@ class AgentConfig:
 def hcl_loads(text: str) -> dict[str, Any]:
     """HCL → plain data; python-hcl2 keeps repeated and labelled blocks intact (pyhcl does not)."""
     return hcl2.loads(text, serialization_options=hcl2.SerializationOptions(
-        strip_string_quotes=True, explicit_blocks=False))
+        strip_string_quotes=True, explicit_blocks=False, with_comments=False))
 
 
 def _collapse_blocks(data: Any, key: str = "") -> Any:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Lookup kinds.
-SERVICE, NODE, ADDR, PTR, APEX, INVALID, OUTSIDE = "service", "node", "addr", "ptr", "apex", "invalid", "outside"
+SERVICE, NODE, ADDR, PTR = "service", "node", "addr", "ptr"
+APEX, INVALID, OUTSIDE = "apex", "invalid", "outside"
 
 #: Kind labels Consul knows; the ones we do not serve (prepared queries, mesh) answer NXDOMAIN.
 _KIND_LABELS = {b"service": SERVICE, b"node": NODE, b"addr": ADDR, b"query": INVALID, b"connect": INVALID,
@@ -121,9 +122,11 @@ def _reverse(labels: tuple[bytes, ...]) -> Lookup:
     body = labels[:-2]
     try:
         if labels[-2] == b"in-addr" and len(body) == 4:
-            return Lookup(PTR, address=str(ipaddress.IPv4Address(".".join(b.decode() for b in reversed(body)))))
+            dotted = ".".join(b.decode() for b in reversed(body))
+            return Lookup(PTR, address=str(ipaddress.IPv4Address(dotted)))
         if labels[-2] == b"ip6" and len(body) == 32 and all(len(b) == 1 for b in body):
-            return Lookup(PTR, address=str(ipaddress.IPv6Address(bytes.fromhex(b"".join(reversed(body)).decode()))))
+            packed = bytes.fromhex(b"".join(reversed(body)).decode())
+            return Lookup(PTR, address=str(ipaddress.IPv6Address(packed)))
     except (ValueError, UnicodeDecodeError):
         pass
     return Lookup(PTR)

@@ -69,10 +69,13 @@ class _StopOnEvent(stop_base):
 
 
 class ConsulClient:
-    """Thread-safe enough for one blocking request per watcher thread over a shared pool."""
+    """Thread-safe enough for one blocking request per watcher thread over a shared pool.
+
+    The pool is sized for one parked connection per dependency (a 1,000-service template parks
+    1,001); a smaller pool would close and reopen connections on every long-poll."""
 
     def __init__(self, address: str, token: str | None = None, retry: RetryConfig | None = None,
-                 pool_size: int = 512, on_retry: Callable[[str, Exception, float], None] | None = None):
+                 pool_size: int = 16384, on_retry: Callable[[str, Exception, float], None] | None = None):
         self.base_url = normalize_address(address)
         self.retry_config = retry or RetryConfig()
         self.on_retry = on_retry

@@ -98,6 +98,15 @@ class HAProxySettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def haproxy_variables(settings: HAProxySettings | None) -> dict[str, Any]:
+    """The `haproxy` dict templates see: the block's extra keys plus its named settings."""
+    if settings is None:
+        return {}
+    named = {k: getattr(settings, k) for k in ("mode", "binary", "config", "master_socket", "stats_socket",
+                                               "state_file", "supervise")}
+    return {**settings.extra, **named}
+
+
 @dataclass(frozen=True)
 class Config:
     consul: ConsulConfig = field(default_factory=ConsulConfig)
@@ -193,7 +202,8 @@ def normalize_address(address: str) -> str:
 
 
 def _hcl_options() -> Any:
-    return hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
+    """Same options as the registry's reader: unquoted strings, blocks as lists, comments dropped."""
+    return hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 
 
 def read_config_file(path: str | Path) -> tuple[dict[str, Any], str]:

@@ -12,12 +12,13 @@ import base64
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from templater.client import ConsulClient
 
 STATES = ("any", "passing", "warning", "critical", "maintenance")
+VOLATILE_CHECK_FIELDS = frozenset({"Output", "CreateIndex", "ModifyIndex"})
 FILE_POLL_INTERVAL = 1.0
 
 # --------------------------------------------------------------------------- values seen by templates
@@ -175,6 +176,10 @@ class Dependency:
     def key(self) -> str:
         raise NotImplementedError
 
+    def comparable(self, value: Any) -> Any:
+        """What must differ for a change to count; by default the whole value."""
+        return value
+
     def fetch(self, client: ConsulClient, index: int, wait: float, stop: threading.Event) -> Fetched:
         raise NotImplementedError
 
@@ -219,6 +224,12 @@ class HealthServiceQuery(Dependency):
             params["tag"] = self.tag
         result = client.get(f"health/service/{self.name}", params, index=index, wait=wait, stop=stop)
         return Fetched(self.parse(result.data), result.index)
+
+    def comparable(self, value: Any) -> Any:
+        """Check outputs and indexes change on every check run without changing health: ignore them,
+        so a periodic HTTP check does not re-render every template that lists the service."""
+        return [(replace(i, checks=[]), [{k: v for k, v in c.items() if k not in VOLATILE_CHECK_FIELDS}
+                                         for c in i.checks]) for i in value or []]
 
     def parse(self, data: Any) -> list[ServiceInstance]:
         instances = [parse_health_entry(entry) for entry in data or []]

@@ -26,6 +26,7 @@ from templater.config import TemplateConfig
 from templater.dependencies import (
     CatalogNodeQuery,
     CatalogNodesQuery,
+    CatalogService,
     CatalogServicesQuery,
     Dependency,
     FileQuery,
@@ -34,8 +35,10 @@ from templater.dependencies import (
     KVKeyQuery,
     KVPrefixQuery,
     Node,
+    NodeService,
     NodeServices,
     ServiceInstance,
+    Weights,
     normalize_prefix,
     parse_states,
 )
@@ -247,10 +250,34 @@ FILTERS = {f.__name__: f for f in (by_tag, by_meta, to_json, parse_json, sanitiz
 # --------------------------------------------------------------------------- templates
 
 
+_DATA_FIELDS = {cls: frozenset(f.name for f in dataclasses.fields(cls))
+                for cls in (CatalogService, ServiceInstance, Weights, Node, NodeService, NodeServices, KeyPair)}
+
+
+_PLAIN_TYPES = frozenset({dict, list, tuple, str, int, float, bool, jinja2.utils.Namespace})
+_STR_FORMAT = frozenset({"format", "format_map"})  # the sandbox wraps these: keep them on its path
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox checks every attribute access (~7 µs each); reading a field of our own frozen,
+    data-only dataclasses is always safe, and a 1,000-service HAProxy template does ~100k of them."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        kind = type(obj)
+        fields = _DATA_FIELDS.get(kind)
+        if fields is not None and attribute in fields:
+            return getattr(obj, attribute)
+        if kind in _PLAIN_TYPES and not attribute.startswith("_") and attribute not in _STR_FORMAT:
+            # What the sandbox would allow anyway (public attributes of plain containers; it
+            # only checks the object's type and the leading underscore), minus its bookkeeping.
+            return jinja2.Environment.getattr(self, obj, attribute)
+        return super().getattr(obj, attribute)
+
+
 def make_environment(search_path: str | None) -> SandboxedEnvironment:
     """Sandboxed (templates come from operators, not code), strict (typos fail loudly)."""
     loader = jinja2.FileSystemLoader(search_path) if search_path else None
-    environment = SandboxedEnvironment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
+    environment = _Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                        lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     environment.globals.update(FUNCTIONS)
     environment.filters.update(FILTERS)
@@ -286,15 +313,17 @@ class TemplateRenderer:
         except OSError as exc:
             raise TemplateError(f"cannot read template: {exc.strerror or exc}", self.label) from exc
 
-    def render(self, data: DataSource) -> RenderResult:
-        """One pass. Missing data → text None; a template error → error set, text None."""
+    def render(self, data: DataSource, variables: dict[str, Any] | None = None) -> RenderResult:
+        """One pass. Missing data → text None; a template error → error set, text None.
+
+        `variables` become template globals (the runner passes `haproxy`: the haproxy {} settings)."""
         context = RenderContext(data, self.config.error_on_missing_key)
         if self.template is None:
             self.compile()
         assert self.template is not None
         token = _current.set(context)
         try:
-            text = self.template.render()
+            text = self.template.render(variables or {})
         except Exception as exc:  # noqa: BLE001 - every template failure becomes a located message
             if context.missing and not isinstance(exc, MissingKeyError):
                 # Empty first-pass values (e.g. parse_json of a key not fetched yet) cause errors

@@ -9,6 +9,7 @@ view retries forever with capped backoff while the last data (and the last good 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -72,7 +73,10 @@ class View(threading.Thread):
         if self.dependency.consul_index:
             index = next_index(self.index, index)
         self.index = index
-        if unchanged_index or (self.has_data and value == self.value):
+        if unchanged_index:
+            return False
+        if self.has_data and self.dependency.comparable(value) == self.dependency.comparable(self.value):
+            self.value = value  # fresher details (check output) for the next render, but no render now
             return False
         self.value, self.has_data = value, True
         return True
@@ -139,3 +143,50 @@ class Watcher:
         more = f" (+{suppressed} similar)" if suppressed else ""
         retry = f"; retrying in {delay:.1f}s" if delay else ""
         log.log(level, "blocked on %s: %s%s%s; last good output stays installed", what, exc, retry, more)
+
+
+class SourceObserver:
+    """Template sources (and partials beside them) watched with watchdog: an edit re-renders at once.
+
+    Editors save by rename and emit several events per save; the runner coalesces them. Only
+    paths the runner calls relevant (a source, or a partial with its suffix) are reported, so logs,
+    outputs and staged files written into the same directory never trigger a render.
+    """
+
+    def __init__(self, directories: Iterable[str], relevant: Callable[[str], bool],
+                 on_change: Callable[[str], None]):
+        from watchdog.observers import Observer  # noqa: PLC0415 - not needed by -once / -dry runs
+
+        self.relevant = relevant
+        self.on_change = on_change
+        self.observer = Observer()
+        self.observer.daemon = True
+        handler = _SourceHandler(self)
+        for directory in sorted(set(directories)):
+            if os.path.isdir(directory):
+                self.observer.schedule(handler, directory, recursive=True)
+
+    def start(self) -> None:
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        if self.observer.is_alive():
+            self.observer.join(timeout=5)
+
+
+class _SourceHandler:
+    """Minimal watchdog handler: every relevant file event → on_change(path)."""
+
+    def __init__(self, owner: SourceObserver):
+        self.owner = owner
+
+    def dispatch(self, event: object) -> None:
+        if getattr(event, "is_directory", False) or getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+            return
+        for attr in ("src_path", "dest_path"):
+            path = getattr(event, attr, "")
+            if isinstance(path, bytes):
+                path = os.fsdecode(path)
+            if path and not os.path.basename(path).startswith(".") and self.owner.relevant(os.path.abspath(path)):
+                self.owner.on_change(os.path.abspath(path))

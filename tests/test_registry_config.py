@@ -50,6 +50,11 @@ def test_hcl_repeated_blocks_keep_every_key() -> None:
     assert data["service"] == [{"name": "a", "port": 1}, {"name": "b", "port": 2}]
 
 
+def test_hcl_comments_are_not_keys() -> None:
+    data = hcl_loads('# a comment\nnode_name = "n" # trailing\nservice {\n  # inside\n  name = "a"\n}\n')
+    assert data == {"node_name": "n", "service": [{"name": "a"}]}
+
+
 def test_hcl_labelled_and_nested_blocks() -> None:
     data = hcl_loads('key_prefix "app/" { policy = "write" }\nkey_prefix "" { policy = "read" }\n'
                      'service {\n name = "web"\n check {\n  http = "http://x"\n  interval = "1s"\n }\n}\n')
