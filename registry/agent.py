@@ -53,7 +53,7 @@ class Agent:
         self.persistence = open_persistence(config.data_dir)
         self.store = Store(self.persistence, config.node_name, config.datacenter)
         self.info = AgentInfo(config.node_name, self._node_id(), config.datacenter, config.bind_addr,
-                              config.http_port, config.dns_port, config.enable_script_checks, config)
+                              config.http_port, config.dns_port, config.enable_remote_script_checks, config)
         self.runner: web.AppRunner | None = None
         self.services: list[Any] = []  # started parts with async stop()
         self.stopped = asyncio.Event()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry.body import Body, RequestError
 from registry.durations import DurationError, format_duration, parse_duration
-from registry.http.common import Body, RequestError
 
 VALID_STATUSES = ("passing", "warning", "critical")
 UNSUPPORTED_TYPES = ("GRPC", "H2PING", "H2PingUseTLS", "DockerContainerID", "AliasService", "AliasNode",

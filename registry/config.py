@@ -49,7 +49,8 @@ class AgentConfig:
     domain: str = "consul."
     recursors: list[str] = field(default_factory=list)
     log_level: str = "INFO"
-    enable_script_checks: bool = False
+    enable_script_checks: bool = False  # scripts from config files (local) and, when remote too, the HTTP API
+    enable_remote_script_checks: bool = False  # only enable_script_checks (not _local_) opens the HTTP API
     config_files: list[Path] = field(default_factory=list)
     config_dirs: list[Path] = field(default_factory=list)
     dns_config: dict[str, Any] = field(default_factory=dict)
@@ -230,7 +231,8 @@ def from_mapping(data: dict[str, Any]) -> AgentConfig:
     config.domain = data.get("domain", config.domain)
     config.recursors = list(data.get("recursors", []))
     config.log_level = str(data.get("log_level", config.log_level)).upper()
-    config.enable_script_checks = bool(data.get("enable_script_checks", False)
+    config.enable_remote_script_checks = bool(data.get("enable_script_checks", False))
+    config.enable_script_checks = bool(config.enable_remote_script_checks
                                        or data.get("enable_local_script_checks", False))
     config.dns_config = dict(data.get("dns_config") or {})
     config.acl = dict(data.get("acl") or {})
@@ -263,7 +265,7 @@ def _apply_flags(config: AgentConfig, args: argparse.Namespace) -> None:
     if args.log_level:
         config.log_level = args.log_level.upper()
     if args.enable_script_checks:
-        config.enable_script_checks = True
+        config.enable_script_checks = config.enable_remote_script_checks = True
     config.raw["node_id"] = args.node_id or config.raw.get("node_id")
     for addr in (config.client_addr, config.bind_addr):
         try:

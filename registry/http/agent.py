@@ -6,6 +6,7 @@ from aiohttp import web
 
 from registry import REVISION, VERSION
 from registry.checkdefs import CHECK_ALIASES, parse_check, parse_service_checks
+from registry.http.authz import can_read_check, can_read_node, can_read_service, require, visible
 from registry.http.common import (
     RequestError,
     empty_ok,
@@ -36,6 +37,15 @@ def _unknown_check(cid: str) -> RequestError:
                              "not the check name.")
 
 
+def _require_check_write(request: web.Request, check: dict) -> None:
+    """A service's check needs service:write on the service; a node check, node:write on this node."""
+    if check.get("ServiceID"):
+        svc = _local_services(request).get(check["ServiceID"])
+        require(request, "service", svc["Service"] if svc else check.get("ServiceName", ""), "write")
+    else:
+        require(request, "node", store_of(request).node_name, "write")
+
+
 def _local_services(request: web.Request) -> dict[str, dict]:
     store = store_of(request)
     return store.node_services.get(store.node_name, {})
@@ -49,6 +59,7 @@ async def register_service(request: web.Request) -> web.Response:
     body = await read_object(request, SERVICE_ALIASES)
     store = store_of(request)
     service = parse_service(body)
+    require(request, "service", service["Service"], "write")
     checks = parse_service_checks(body, service, store.node_name,
                                   request.app["agent_info"].enable_script_checks)
     await store.register_service(service, checks, replace is not None)
@@ -58,15 +69,20 @@ async def register_service(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/service/deregister/{service_id}")
 async def deregister_service(request: web.Request) -> web.Response:
     sid = request.match_info["service_id"]
-    if not await store_of(request).deregister_service(sid):
+    svc = _local_services(request).get(sid)
+    if svc is None:
         raise _unknown_service(sid)
+    require(request, "service", svc["Service"], "write")
+    await store_of(request).deregister_service(sid)
     return empty_ok()
 
 
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     dc = request.app["agent_info"].datacenter
-    return reply(request, {sid: agent_service(svc, dc) for sid, svc in sorted(_local_services(request).items())})
+    allowed = visible(request, sorted(_local_services(request).items()),
+                      lambda who, item: can_read_service(who, item[1]["Service"]))
+    return reply(request, {sid: agent_service(svc, dc) for sid, svc in allowed})
 
 
 @routes.get("/v1/agent/service/{service_id}")
@@ -75,6 +91,7 @@ async def service(request: web.Request) -> web.Response:
     svc = _local_services(request).get(sid)
     if svc is None:
         raise RequestError(404, f"unknown service ID: {sid}")
+    require(request, "service", svc["Service"], "read")
     view = agent_service(svc, request.app["agent_info"].datacenter)
     view["ContentHash"] = f"{svc['ModifyIndex']:016x}"
     return reply(request, view)
@@ -83,18 +100,21 @@ async def service(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/checks")
 async def checks(request: web.Request) -> web.Response:
     store = store_of(request)
-    local = store.node_checks.get(store.node_name, {})
-    return reply(request, {cid: check_view(c) for cid, c in sorted(local.items())})
+    local = visible(request, sorted(store.node_checks.get(store.node_name, {}).items()),
+                    lambda who, item: can_read_check(who, item[1]))
+    return reply(request, {cid: check_view(c) for cid, c in local})
 
 
 @routes.put("/v1/agent/check/register")
 async def register_check(request: web.Request) -> web.Response:
     body = await read_object(request, CHECK_ALIASES)
     store = store_of(request)
-    check = parse_check(body, store.node_name, enable_script_checks=request.app["agent_info"].enable_script_checks)
+    scripts = request.app["agent_info"].enable_script_checks
+    check = parse_check(body, store.node_name, enable_script_checks=scripts)
     sid = check["ServiceID"]
     if sid and sid not in _local_services(request):
         raise RequestError(404, f'ServiceID "{sid}" does not exist')
+    _require_check_write(request, check)
     await store.register_check(check)
     return empty_ok()
 
@@ -103,8 +123,11 @@ async def register_check(request: web.Request) -> web.Response:
 async def deregister_check(request: web.Request) -> web.Response:
     store = store_of(request)
     cid = request.match_info["check_id"]
-    if not await store.deregister_check(store.node_name, cid):
+    check = store.checks.get((store.node_name, cid))
+    if check is None:
         raise _unknown_check(cid)
+    _require_check_write(request, check)
+    await store.deregister_check(store.node_name, cid)
     return empty_ok()
 
 
@@ -113,19 +136,21 @@ async def _ttl_update(request: web.Request, cid: str, status: str, output: str) 
     check = store.checks.get((store.node_name, cid))
     if check is None:
         raise _unknown_check(cid)
+    _require_check_write(request, check)
     if check.get("Type") != "ttl":
         raise RequestError(500, f'CheckID "{cid}" does not have associated TTL')
     limit = (check.get("_spec") or {}).get("output_max_size", 4096)
-    await store.update_check(store.node_name, cid, status, output[:limit])
     runner = request.app.get("checks")
     if runner is not None:
-        runner.ttl_touched(cid)
+        runner.ttl_touched(cid)  # before the write: an expiry must not land between the two
+    await store.update_check(store.node_name, cid, status, output[:limit])
     return empty_ok()
 
 
 def _ttl_route(status: str):
     async def handler(request: web.Request) -> web.Response:
-        return await _ttl_update(request, request.match_info["check_id"], status, request.query.get("note", ""))
+        note = request.query.get("note", "")
+        return await _ttl_update(request, request.match_info["check_id"], status, note)
     return handler
 
 
@@ -155,7 +180,8 @@ def _enable_param(request: web.Request) -> bool:
 
 def _maintenance_check(node: str, cid: str, name: str, notes: str, service: dict | None) -> dict:
     return {"Node": node, "CheckID": cid, "Name": name, "Status": "critical", "Notes": notes, "Output": "",
-            "ServiceID": service["ID"] if service else "", "ServiceName": service["Service"] if service else "",
+            "ServiceID": service["ID"] if service else "",
+            "ServiceName": service["Service"] if service else "",
             "ServiceTags": list(service["Tags"]) if service else [], "Type": "maintenance", "Interval": "",
             "Timeout": "", "ExposedPort": 0, "Definition": {}}
 
@@ -168,6 +194,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
     svc = _local_services(request).get(sid)
     if svc is None:
         raise _unknown_service(sid)
+    require(request, "service", svc["Service"], "write")
     cid = f"_service_maintenance:{sid}"
     if enable:
         if (store.node_name, cid) in store.checks:
@@ -184,6 +211,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
 async def node_maintenance(request: web.Request) -> web.Response:
     enable = _enable_param(request)
     store = store_of(request)
+    require(request, "node", store.node_name, "write")
     if enable:
         if (store.node_name, "_node_maintenance") in store.checks:
             return empty_ok()
@@ -212,12 +240,21 @@ async def members(request: web.Request) -> web.Response:
     entry = member(request)
     if request.query.get("wan"):
         entry = {**entry, "Name": f"{entry['Name']}.{request.app['agent_info'].datacenter}"}
-    return reply(request, [entry])
+    node = request.app["agent_info"].node_name
+    return reply(request, visible(request, [entry], lambda who, _: can_read_node(who, node)))
+
+
+def _check_counts(request: web.Request) -> dict[str, str]:
+    runner = request.app.get("checks")
+    kinds = runner.stats().get("kinds", {}) if runner is not None else {}
+    return {"check_monitors": str(kinds.get("script", 0)), "check_ttls": str(kinds.get("ttl", 0)),
+            "check_http": str(kinds.get("http", 0)), "check_tcp": str(kinds.get("tcp", 0))}
 
 
 @routes.get("/v1/agent/self")
 async def self_(request: web.Request) -> web.Response:
     info = request.app["agent_info"]
+    require(request, "agent", info.node_name, "read")
     store = store_of(request)
     local_services = _local_services(request)
     config = {"Datacenter": info.datacenter, "PrimaryDatacenter": info.datacenter, "NodeName": info.node_name,
@@ -225,7 +262,7 @@ async def self_(request: web.Request) -> web.Response:
               "BuildDate": "2025-01-01T00:00:00Z"}
     stats = {
         "agent": {"checks": str(len(store.node_checks.get(store.node_name, {}))),
-                  "services": str(len(local_services)), "check_monitors": "0", "check_ttls": "0"},
+                  "services": str(len(local_services)), **_check_counts(request)},
         "build": {"version": VERSION, "revision": REVISION, "prerelease": ""},
         "consul": {"server": "true", "leader": "true", "bootstrap": "true", "known_datacenters": "1",
                    "leader_addr": info.leader_addr},
@@ -237,6 +274,7 @@ async def self_(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/reload")
 async def reload(request: web.Request) -> web.Response:
+    require(request, "agent", request.app["agent_info"].node_name, "write")
     reloader = request.app.get("reload")
     if reloader is not None:
         errors = await reloader()
@@ -247,4 +285,5 @@ async def reload(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/leave")
 async def leave(request: web.Request) -> web.Response:
+    require(request, "agent", request.app["agent_info"].node_name, "write")
     return empty_ok()

@@ -87,3 +87,10 @@ def can_read_service(who: Authorizer, name: str) -> bool:
 
 def can_read_node(who: Authorizer, name: str) -> bool:
     return who.allowed("node", name, "read")
+
+
+def can_read_check(who: Authorizer, check: dict) -> bool:
+    """A check is visible with node:read on its node and, for a service check, service:read."""
+    if not can_read_node(who, check["Node"]):
+        return False
+    return not check.get("ServiceID") or can_read_service(who, check.get("ServiceName", ""))

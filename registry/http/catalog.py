@@ -32,9 +32,15 @@ def node_meta_filter(request: web.Request) -> dict[str, str]:
     return wanted
 
 
-def _meta_matches(node: dict, wanted: dict[str, str]) -> bool:
-    meta = node.get("Meta") or {}
+def meta_matches(node: dict | None, wanted: dict[str, str]) -> bool:
+    meta = (node or {}).get("Meta") or {}
     return all(meta.get(k) == v for k, v in wanted.items())
+
+
+def has_tags(svc: dict, tags: list[str]) -> bool:
+    """?tag filtering is case-insensitive in Consul (its state store lower-cases both sides)."""
+    own = {t.lower() for t in svc["Tags"] or ()}
+    return all(t.lower() in own for t in tags)
 
 
 def service_index(store, name: str) -> Result:
@@ -55,7 +61,7 @@ async def nodes(request: web.Request) -> web.Response:
     wanted = node_meta_filter(request)
 
     def compute() -> Result:
-        body = [n for _, n in sorted(store.nodes.items()) if _meta_matches(n, wanted)]
+        body = [n for _, n in sorted(store.nodes.items()) if meta_matches(n, wanted)]
         return Result(visible(request, body, lambda who, n: can_read_node(who, n["Node"])),
                       store.topic_index("nodes"))
 
@@ -74,7 +80,7 @@ async def services(request: web.Request) -> web.Response:
         else:
             found: dict[str, set[str]] = {}
             for (node_name, _), svc in store.services.items():
-                if _meta_matches(store.nodes.get(node_name, {}), wanted):
+                if meta_matches(store.nodes.get(node_name, {}), wanted):
                     found.setdefault(svc["Service"], set()).update(svc["Tags"])
             names = {n: sorted(t) for n, t in sorted(found.items())}
         allowed = visible(request, names, can_read_service)
@@ -94,7 +100,7 @@ async def service(request: web.Request) -> web.Response:
     def compute() -> Result:
         result = service_index(store, name)
         found = [(node, svc) for node, svc, _ in store.instances(name)
-                 if all(t in svc["Tags"] for t in tags) and _meta_matches(node, wanted)]
+                 if has_tags(svc, tags) and meta_matches(node, wanted)]
         found = visible(request, found, lambda who, i: can_read_service(who, name) and can_read_node(who, i[0]["Node"]))
         result.body = [catalog_service(node, svc) for node, svc in found]
         return result

@@ -5,24 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.blocking import Result, run_query
-from registry.http.catalog import node_meta_filter, service_index
+from registry.http.authz import can_read_check, can_read_node, can_read_service, visible
+from registry.http.catalog import has_tags, meta_matches, node_meta_filter, service_index
 from registry.http.common import RequestError, check_consistency, parse_bool_param, reply_result, store_of
 from registry.http.views import check_view, health_entry
 
 routes = web.RouteTableDef()
 
 CHECK_STATES = ("any", "passing", "warning", "critical")
-
-
-def has_tags(svc: dict, tags: list[str]) -> bool:
-    """?tag filtering is case-insensitive in Consul (its state store lower-cases both sides)."""
-    own = {t.lower() for t in svc["Tags"] or ()}
-    return all(t.lower() in own for t in tags)
-
-
-def _meta_ok(node: dict | None, wanted: dict[str, str]) -> bool:
-    meta = (node or {}).get("Meta") or {}
-    return all(meta.get(k) == v for k, v in wanted.items())
 
 
 def _passing_param(request: web.Request) -> bool:
@@ -50,12 +40,13 @@ async def service(request: web.Request) -> web.Response:
         result = service_index(store, name)
         entries = []
         for node, svc, checks in store.instances(name):
-            if not has_tags(svc, tags) or not _meta_ok(node, wanted):
+            if not has_tags(svc, tags) or not meta_matches(node, wanted):
                 continue
             if passing_only and any(c["Status"] != "passing" for c in checks):
                 continue
             entries.append(health_entry(node, svc, [check_view(c) for c in checks]))
-        result.body = entries
+        result.body = visible(request, entries, lambda who, e: can_read_service(who, name)
+                              and can_read_node(who, e["Node"]["Node"]))
         return result
 
     return reply_result(request, await run_query(store, request.query, [f"service:{name}"], compute))
@@ -70,9 +61,9 @@ async def service_checks(request: web.Request) -> web.Response:
 
     def compute() -> Result:
         result = service_index(store, name)
-        checks = [check_view(c) for node, _, cs in store.instances(name) if _meta_ok(node, wanted)
+        checks = [check_view(c) for node, _, cs in store.instances(name) if meta_matches(node, wanted)
                   for c in cs if c["ServiceID"]]
-        result.body = sorted(checks, key=lambda c: (c["Node"], c["CheckID"]))
+        result.body = visible(request, sorted(checks, key=lambda c: (c["Node"], c["CheckID"])), can_read_check)
         return result
 
     return reply_result(request, await run_query(store, request.query, [f"service:{name}"], compute))
@@ -87,7 +78,8 @@ async def node_checks(request: web.Request) -> web.Response:
     def compute() -> Result:
         own = store.topic_index(f"node:{name}")
         checks = sorted(store.node_checks.get(name, {}).values(), key=lambda c: c["CheckID"])
-        return Result([check_view(c) for c in checks], own or store.topic_index("nodes"), own)
+        body = visible(request, [check_view(c) for c in checks], can_read_check)
+        return Result(body, own or store.topic_index("nodes"), own)
 
     return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
 
@@ -104,10 +96,11 @@ async def state(request: web.Request) -> web.Response:
     def compute() -> Result:
         checks = [check_view(c) for (node, _), c in sorted(store.checks.items())
                   if (wanted == "any" or c["Status"] == wanted)
-                  and (not node_meta or _meta_ok(store.nodes.get(node), node_meta))]
-        return Result(checks, store.topic_index("checks"))
+                  and (not node_meta or meta_matches(store.nodes.get(node), node_meta))]
+        return Result(visible(request, checks, can_read_check), store.topic_index("checks"))
 
-    return reply_result(request, await run_query(store, request.query, ["checks"], compute))
+    topics = ["checks", "nodes"] if node_meta else ["checks"]
+    return reply_result(request, await run_query(store, request.query, topics, compute))
 
 
 @routes.get("/v1/health/connect/{service}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from registry.http.common import Body, RequestError, string_list, string_map, typed
+from registry.body import Body, RequestError, string_list, string_map, typed
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_META_PAIRS = 64
