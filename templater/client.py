@@ -85,6 +85,7 @@ class ConsulClient:
         self.session.mount("https://", adapter)
         if token:
             self.session.headers["X-Consul-Token"] = token
+        self._warned_anonymous = bool(token)
 
     def __repr__(self) -> str:  # never show the token
         return f"ConsulClient({self.base_url})"
@@ -111,7 +112,16 @@ class ConsulClient:
             raise RegistryUnavailable(f"{self.base_url} unreachable: {_short(exc)}") from exc
         return self._result(path, response, allow_404)
 
+    def _warn_if_anonymous_under_deny(self, response: requests.Response) -> None:
+        """No token against a default-deny registry: lists come back filtered and silently short."""
+        if not self._warned_anonymous and response.headers.get("X-Consul-Default-ACL-Policy") == "deny":
+            self._warned_anonymous = True
+            log.warning("no ACL token is set and %s denies by default: reads use the anonymous token and "
+                        "listings may be filtered (set -token, consul { token } or CONSUL_HTTP_TOKEN)",
+                        self.base_url)
+
     def _result(self, path: str, response: requests.Response, allow_404: bool) -> QueryResult:
+        self._warn_if_anonymous_under_deny(response)
         status = response.status_code
         index = _index_header(response)
         if status == 200:

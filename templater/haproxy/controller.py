@@ -19,9 +19,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from templater.haproxy.binary import find_haproxy, haproxy_version
+from templater.config import parse_duration
+from templater.haproxy.binary import BinaryNotFound, find_haproxy, haproxy_version
 from templater.haproxy.mastercli import CLIError, alert_lines
-from templater.haproxy.model import ConfigDiff, ConfigModel, Server, ServerChange, diff_models, parse_config
+from templater.haproxy.model import (
+    ConfigDiff,
+    ConfigModel,
+    Server,
+    ServerChange,
+    diff_models,
+    parse_config,
+    runtime_paths,
+)
 from templater.haproxy.process import HAProxyProcess
 from templater.haproxy.runtime import (
     ADMIN_FORCED_MAINT,
@@ -40,9 +49,9 @@ class Settings(Protocol):
     mode: str
     binary: str | None
     config: str
-    master_socket: str
-    stats_socket: str
-    state_file: str
+    master_socket: str | None
+    stats_socket: str | None
+    state_file: str | None
     supervise: bool
     extra: dict[str, Any]
 
@@ -60,6 +69,12 @@ class ApplyResult:
     kind: str                      # "none" | "runtime" | "reload"
     alerts: list[str] = field(default_factory=list)
     detail: str = ""
+
+
+def seconds(extra: dict[str, Any], name: str, default: float) -> float:
+    """A duration setting from the `haproxy {}` block: a number of seconds or a Go duration ("2s")."""
+    value = extra.get(name)
+    return default if value is None else parse_duration(value, f"haproxy.{name}")
 
 
 def _read(path: str) -> str | None:
@@ -88,14 +103,23 @@ class HAProxyController:
         self.metrics = metrics
         self.log = log
         self.extra = dict(settings.extra or {})
-        self.binary = find_haproxy(settings.binary)
-        self.runtime = RuntimeAPI(settings.stats_socket, float(self.extra.get("runtime_timeout", 5.0)))
-        self.drain_timeout = float(self.extra.get("drain_timeout", 5.0))
+        self._binary: str | None = None
+        self.runtime = RuntimeAPI(settings.stats_socket or "", seconds(self.extra, "runtime_timeout", 5.0))
+        self.state_file: str | None = settings.state_file
+        self.drain_timeout = seconds(self.extra, "drain_timeout", 5.0)
+        self.check_timeout = seconds(self.extra, "check_timeout", 30.0)
         self.process: HAProxyProcess | None = None
         self.live: str | None = None         # config text the running HAProxy serves
         self.last_good: str | None = None    # last config HAProxy loaded successfully
         self._dirty = False                  # live state may not match `live`: reload next time
         self._lock = threading.RLock()
+
+    @property
+    def binary(self) -> str:
+        """The HAProxy binary, looked up on first use (BinaryNotFound says where it looked)."""
+        if self._binary is None:
+            self._binary = find_haproxy(self.settings.binary)
+        return self._binary
 
     # --- interface -----------------------------------------------------------------------------
 
@@ -104,22 +128,42 @@ class HAProxyController:
         version = haproxy_version(self.binary)
         if version < (2, 8, 0):
             self.log.warning("HAProxy %s: reload status and dynamic servers need 2.8+", version)
+        config_dir = os.path.dirname(os.path.abspath(config_path))
+        master_socket = self.settings.master_socket or os.path.join(config_dir, "haproxy-master.sock")
         self.process = HAProxyProcess(
-            self.binary, config_path, self.settings.master_socket, self.log,
+            self.binary, config_path, master_socket, self.log,
             supervise=self.settings.supervise, on_restart=self._restarted,
             last_good=lambda: self.last_good, check=lambda path: self.check(path).ok)
         self.process.start()
-        with self._lock:
-            self.live = self.last_good = _read(config_path)
-            if not self.process.owned and self.live is not None and self.settings.mode == "runtime":
-                self._reconcile(parse_config(self.live))
+        with self._lock, self.process.lock:
+            if self.process.owned:
+                self._set_live(_read(config_path), good=True, loaded=True)
+            else:
+                self._attached(_read(config_path))
+
+    def _attached(self, text: str | None) -> None:
+        """An HAProxy was already running. The `.loaded` copy says which config its worker loaded: if
+        the file's structure moved on (a templater died between install and reload), reload now;
+        otherwise only servers can differ, and runtime mode fixes them through the Runtime API."""
+        loaded = _read(self._loaded_path())
+        self._set_live(text, good=True)
+        if text is None:
+            return
+        if loaded is not None:
+            diff = diff_models(parse_config(loaded), parse_config(text))
+            if diff.structural:
+                self.live = loaded
+                self._reload(diff, "the attached HAProxy runs an older config: " + diff.structural[0])
+                return
+        if self.settings.mode == "runtime":
+            self._reconcile(parse_config(text))
 
     def check(self, staged_path: str) -> CheckResult:
         """`haproxy -c -f staged_path`: the verdict, the ALERT lines, the whole output."""
         try:
             done = subprocess.run([self.binary, "-c", "-f", staged_path], capture_output=True, text=True,
-                                  timeout=float(self.extra.get("check_timeout", 30.0)))
-        except (OSError, subprocess.TimeoutExpired) as exc:
+                                  timeout=self.check_timeout)
+        except (OSError, subprocess.TimeoutExpired, BinaryNotFound) as exc:
             return CheckResult(False, [f"haproxy -c could not run: {exc}"], str(exc))
         output = done.stdout + done.stderr
         return CheckResult(done.returncode == 0, alert_lines(output), output)
@@ -136,7 +180,7 @@ class HAProxyController:
             if self._dirty:
                 return self._reload(diff, "an earlier update left the live servers uncertain")
             if diff.empty:
-                self.live = current
+                self._set_live(current)
                 return ApplyResult(True, "none", [], "no server or structural change")
             if self.settings.mode == "runtime" and diff.runtime_only:
                 result = self._apply_runtime(diff, current)
@@ -160,8 +204,8 @@ class HAProxyController:
             self.log.warning("runtime update failed, falling back to a reload: %s", exc)
             self._dirty = True
             return None
-        self.live = current
-        self.metrics.runtime_updates.inc()
+        self._set_live(current)
+        self.metrics.runtime_updates.inc(len(diff.changes))
         detail = describe(diff.changes)
         self.log.info("runtime update: %s", detail)
         return ApplyResult(True, "runtime", [], detail)
@@ -221,14 +265,13 @@ class HAProxyController:
                 self.log.error("reload failed: %s", alert)
             return ApplyResult(False, "reload", status.alerts, "HAProxy refused the new config (Success=0); "
                                "the previous worker keeps serving")
-        current = _read(self.process.config_path)
-        self.live = self.last_good = current
+        self._set_live(_read(self.process.config_path), good=True, loaded=True)
         self._dirty = False
         return ApplyResult(True, "reload", [], reason)
 
     def _save_state(self, stale: set[tuple[str, str]]) -> None:
         """`show servers state` → state file, atomically; a failure only costs the saved state."""
-        path = self.settings.state_file
+        path = self.state_file
         if not path:
             return
         try:
@@ -244,8 +287,34 @@ class HAProxyController:
         """Called by the supervisor after HAProxy came back: it now serves the file on disk."""
         self.metrics.haproxy_restarts.inc()
         assert self.process is not None
-        self.live = _read(self.process.config_path)
+        self._set_live(_read(self.process.config_path), good=True, loaded=True)
         self._dirty = False
+
+    def _loaded_path(self) -> str:
+        assert self.process is not None
+        return self.process.config_path + ".loaded"
+
+    def _set_live(self, text: str | None, good: bool = False, loaded: bool = False) -> None:
+        """Record what HAProxy now serves (`loaded`: a worker just read it from the file, so keep a
+        copy beside the config for a templater that attaches later), and follow the sockets that
+        config declares unless the `haproxy {}` block fixed them (relative to the config's directory)."""
+        self.live = text
+        if good and text is not None:
+            self.last_good = text
+        if text is None or self.process is None:
+            return
+        if loaded:
+            try:
+                with open(self._loaded_path() + ".tmp", "w") as handle:
+                    handle.write(text)
+                os.replace(self._loaded_path() + ".tmp", self._loaded_path())
+            except OSError as exc:
+                self.log.warning("cannot keep a copy of the loaded config: %s", exc)
+        stats_socket, state_file = runtime_paths(text, os.path.dirname(self.process.config_path))
+        if not self.settings.stats_socket and stats_socket:
+            self.runtime.path = stats_socket
+        if not self.settings.state_file:
+            self.state_file = state_file
 
 
 def reconcile_changes(model: ConfigModel, live: list[ServerState]) -> list[ServerChange]:

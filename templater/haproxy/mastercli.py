@@ -20,20 +20,39 @@ class CLIError(RuntimeError):
     """The socket could not be reached or did not answer in time."""
 
 
-def cli_exchange(path: str, command: str, timeout: float = 10.0) -> str:
+def _connect(path: str, timeout: float, connect_retry: float) -> socket.socket:
+    """Connect, retrying a refused or missing socket for up to connect_retry seconds: while the master
+    re-executes itself for a reload its socket refuses connections for a moment (seen on 2.8)."""
+    deadline = time.monotonic() + connect_retry
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+        except OSError:
+            sock.close()
+            raise
+
+
+def cli_exchange(path: str, command: str, timeout: float = 10.0, connect_retry: float = 2.0) -> str:
     """Send one command line to an HAProxy CLI socket (master or stats) and return everything it answers.
 
     Several commands may be joined with `;`. The write side is shut after sending, which is what
     makes both the master CLI and a worker's stats socket close the connection once they are done.
+    A connection that cannot be made is retried (nothing was sent yet, so that is always safe).
     """
     deadline = time.monotonic() + timeout
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _connect(path, timeout, connect_retry)
     except OSError as exc:
-        raise CLIError(f"cannot create a unix socket: {exc}") from exc
+        raise CLIError(f"{path}: {command.split(';')[0]!r} failed: {exc}") from exc
     try:
-        sock.settimeout(timeout)
-        sock.connect(path)
         sock.sendall(command.rstrip("\n").encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)
         chunks: list[bytes] = []
@@ -145,20 +164,20 @@ class MasterCLI:
         self.timeout = timeout
         self.reload_timeout = reload_timeout
 
-    def command(self, command: str, timeout: float | None = None) -> str:
+    def command(self, command: str, timeout: float | None = None, connect_retry: float = 2.0) -> str:
         """Run a master command (or `@1 <cmd>` for the current worker) and return its answer."""
-        return cli_exchange(self.path, command, timeout or self.timeout)
+        return cli_exchange(self.path, command, timeout or self.timeout, connect_retry)
 
     def reload(self) -> ReloadStatus:
         """Reload and wait for the verdict; the master answers once the new worker is up or has failed."""
         return parse_reload(cli_exchange(self.path, "reload", self.reload_timeout))
 
-    def show_proc(self) -> ProcTable:
-        return parse_show_proc(self.command("show proc"))
+    def show_proc(self, connect_retry: float = 2.0) -> ProcTable:
+        return parse_show_proc(self.command("show proc", connect_retry=connect_retry))
 
     def alive(self) -> bool:
-        """True when a master answers on the socket and has a current worker."""
+        """True when a master answers on the socket and has a current worker (a quick probe)."""
         try:
-            return bool(self.show_proc().workers)
+            return bool(self.show_proc(connect_retry=0.2).workers)
         except CLIError:
             return False

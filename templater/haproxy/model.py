@@ -10,6 +10,7 @@ is structural and needs a reload.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 SECTION_KEYWORDS = frozenset({
@@ -269,3 +270,38 @@ def diff_models(old: ConfigModel, new: ConfigModel) -> ConfigDiff:
         if name not in new.backends:
             diff.changes.extend(ServerChange("remove", name, srv) for srv in backend.servers.values())
     return diff
+
+
+def _unix_path(address: str, base_dir: str) -> str | None:
+    """A `stats socket` address as a filesystem path; None for TCP addresses."""
+    if address.startswith("unix@"):
+        address = address[len("unix@"):]
+    elif not address.startswith(("/", "./", "../")):
+        return None
+    return address if os.path.isabs(address) else os.path.normpath(os.path.join(base_dir, address))
+
+
+def runtime_paths(text: str, base_dir: str) -> tuple[str | None, str | None]:
+    """(admin stats socket, server-state-file) declared in the `global` section of a config.
+
+    Lets the controller follow the config it manages when the `haproxy {}` block names no paths;
+    relative paths are resolved against base_dir (the directory HAProxy is started in).
+    """
+    socket_path: str | None = None
+    state_file = state_base = None
+    for section in _sections(text):
+        if section.kind != "global":
+            continue
+        for line in section.lines:
+            words = line.split()
+            if words[:2] == ["stats", "socket"] and len(words) > 2:
+                path = _unix_path(words[2], base_dir)
+                if path and (socket_path is None or "admin" in words[3:]):
+                    socket_path = path
+            elif words[0] == "server-state-file" and len(words) > 1:
+                state_file = words[1].strip("\"'")
+            elif words[0] == "server-state-base" and len(words) > 1:
+                state_base = words[1].strip("\"'")
+    if state_file and not os.path.isabs(state_file):
+        state_file = os.path.normpath(os.path.join(state_base or base_dir, state_file))
+    return socket_path, state_file

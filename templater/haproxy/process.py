@@ -32,7 +32,11 @@ class HAProxyStartError(RuntimeError):
 
 
 class HAProxyProcess:
-    """One HAProxy master: spawned and supervised by us (`owned`) or attached through its socket."""
+    """One HAProxy master: spawned by us (`owned`) or attached through its socket.
+
+    supervise=True: HAProxy is the templater's to keep alive: started if no master answers, adopted if
+    one does, restarted when it dies, stopped with the templater. supervise=False: attach only.
+    """
 
     def __init__(self, binary: str, config_path: str, master_socket: str, log: logging.Logger,
                  supervise: bool = True, start_timeout: float = 15.0, poll_interval: float = 0.5,
@@ -77,7 +81,8 @@ class HAProxyProcess:
             self._watcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop supervising; stop HAProxy only if we started it (an attached one is not ours)."""
+        """Stop supervising and stop HAProxy: the child we started, or (when supervising) the master we
+        adopted by attaching. With supervise off, HAProxy belongs to someone else and keeps running."""
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join(timeout)
@@ -85,8 +90,10 @@ class HAProxyProcess:
         with self.lock:
             if self.owned and self._child is not None:
                 self._terminate(self._child, timeout)
-                self._child = None
-                self.owned = False
+            elif self.supervise:
+                self._terminate_attached(timeout)
+            self._child = None
+            self.owned = False
 
     @property
     def pid(self) -> int | None:
@@ -94,7 +101,7 @@ class HAProxyProcess:
         if self._child is not None and self._child.poll() is None:
             return self._child.pid
         try:
-            table = self.master.show_proc()
+            table = self.master.show_proc(connect_retry=0.2)
         except Exception:  # noqa: BLE001 - no master, no pid
             return None
         return table.master.pid if table.master else None
@@ -146,7 +153,8 @@ class HAProxyProcess:
         os.replace(staged, self.config_path)
 
     def _pump(self, child: subprocess.Popen) -> None:
-        """Forward HAProxy's output to our log, at a level that matches its own."""
+        """Forward HAProxy's output to our log: ALERT as errors; HAProxy's WARNINGs are mostly routine
+        (servers entering maintenance, old workers exiting), so they are info."""
         assert child.stdout is not None
         for raw in child.stdout:
             line = raw.decode(errors="replace").rstrip()
@@ -156,7 +164,7 @@ class HAProxyProcess:
             if line.startswith("[ALERT]"):
                 self.log.error("haproxy: %s", line)
             elif line.startswith("[WARNING]"):
-                self.log.warning("haproxy: %s", line)
+                self.log.info("haproxy: %s", line)
             else:
                 self.log.debug("haproxy: %s", line)
         child.stdout.close()
@@ -183,12 +191,25 @@ class HAProxyProcess:
         self._child, self.owned = None, False
         try:
             self._spawn()
-        except HAProxyStartError as exc:
-            self.log.error("HAProxy restart failed: %s", exc)
+        except (HAProxyStartError, OSError) as exc:
+            self.log.error("HAProxy restart failed (will retry): %s", exc)
             return
         self.restarts += 1
         if self.on_restart is not None:
             self.on_restart()
+
+    def _terminate_attached(self, timeout: float) -> None:
+        """SIGTERM an adopted master (found through `show proc`) and wait until its socket is silent."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.master.alive():
+            time.sleep(0.05)
 
     @staticmethod
     def _terminate(child: subprocess.Popen, timeout: float) -> None:

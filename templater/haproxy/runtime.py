@@ -6,7 +6,10 @@ and the controller falls back to a reload. Sequences follow haproxy.md §2.1, ve
 `add server` leaves the server in maintenance with checks off, so it is followed by
 `enable health` (when it has `check`) and `enable server`; `del server` only works on a server in
 maintenance with no connections, so removal is `set server state maint` → retry `del server` until
-the connections are gone (bounded) → `shutdown sessions server` as a last resort.
+the connections are gone (bounded) → `shutdown sessions server` as a last resort. A request that
+was in flight when the server entered maintenance leaves its connection in the idle pool (verified
+on 2.8), which blocks `del server` until the pool is purged; passing the server through `drain`
+and back to `maint` purges it at once.
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ ADMIN_CONFIG_MAINT = 0x04
 ADMIN_FORCED_DRAIN = 0x08
 ADMIN_INHERITED_DRAIN = 0x10
 ADMIN_RESOLUTION_MAINT = 0x20
-ADMIN_HOSTNAME_MAINT = 0x40
-ADMIN_MAINT_MASK = (ADMIN_FORCED_MAINT | ADMIN_INHERITED_MAINT | ADMIN_CONFIG_MAINT
-                    | ADMIN_RESOLUTION_MAINT | ADMIN_HOSTNAME_MAINT)
+ADMIN_FQDN_FROM_CLI = 0x40  # SRV_ADMF_HMAINT: despite its name, "FQDN set", not a maintenance state
+ADMIN_MAINT_MASK = ADMIN_FORCED_MAINT | ADMIN_INHERITED_MAINT | ADMIN_CONFIG_MAINT | ADMIN_RESOLUTION_MAINT
 OP_STOPPED, OP_STARTING, OP_RUNNING, OP_STOPPING = 0, 1, 2, 3
 
 STILL_CONNECTED = "connections attached"
@@ -139,6 +141,23 @@ class RuntimeAPI:
     def servers_state(self, backend: str | None = None) -> list[ServerState]:
         return parse_servers_state(self.servers_state_text(backend))
 
+    def server_connections(self, backend: str) -> dict[str, tuple[int, int]]:
+        """`show servers conn <backend>` → {server: (connections in use, idle connections)}."""
+        try:
+            text = cli_exchange(self.path, f"show servers conn {backend}", self.timeout)
+        except CLIError as exc:
+            raise RuntimeCommandError(str(exc)) from exc
+        header: list[str] = []
+        result: dict[str, tuple[int, int]] = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                header = line[1:].split()
+            elif header and line.strip():
+                row = dict(zip(header, line.split(), strict=False))
+                name = row.get("bkname/svname", "").partition("/")[2]
+                result[name] = (int(row.get("used_cur", 0)), int(row.get("idle_cur", 0)))
+        return result
+
     def show_stat(self, proxy: str | None = None) -> list[dict[str, str]]:
         """`show stat` as dicts keyed by the CSV header (pxname, svname, status, weight, scur, ...)."""
         command = f"show stat {proxy} -1 -1" if proxy else "show stat"
@@ -184,6 +203,7 @@ class RuntimeAPI:
             if not pending:
                 return
             if time.monotonic() >= deadline:
+                # bounded drain: cut what is still running, as hard-stop-after would on a reload
                 for backend, name in pending:
                     self.command(f"shutdown sessions server {backend}/{name}")
                 time.sleep(0.05)
@@ -193,11 +213,26 @@ class RuntimeAPI:
             time.sleep(0.02)
 
     def _try_delete(self, backend: str, name: str) -> bool:
-        """Delete one server; False while it still has connections, error for anything else."""
+        """Delete one server; False while it still has connections in use, error for anything else."""
         try:
             self.command(f"del server {backend}/{name}", expect=r"Server deleted")
             return True
         except RuntimeCommandError as exc:
-            if STILL_CONNECTED in str(exc) or "still" in str(exc).lower():
+            if STILL_CONNECTED not in str(exc):
+                raise
+        used, idle = self.server_connections(backend).get(name, (0, 0))
+        if used == 0:
+            # only idle connections left: drain → maint purges them, then delete right away
+            self.command(f"set server {backend}/{name} state drain")
+            self.set_maintenance(backend, name, True)
+            return self._delete_if_free(backend, name)
+        return False
+
+    def _delete_if_free(self, backend: str, name: str) -> bool:
+        try:
+            self.command(f"del server {backend}/{name}", expect=r"Server deleted")
+            return True
+        except RuntimeCommandError as exc:
+            if STILL_CONNECTED in str(exc):
                 return False
             raise
