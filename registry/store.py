@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -92,6 +94,9 @@ class Store:
         self.meta: dict[str, Any] = dict(snap["meta"])
         self.indexes: dict[str, int] = dict(snap["indexes"])
         self.index: int = self.indexes.get("_global", 0)
+        self.durable_index: int = self.index
+        self._durable_waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._waiter_seq = itertools.count()
         self.node_services: dict[str, dict[str, dict]] = {}
         self.node_checks: dict[str, dict[str, dict]] = {}
         for (node, sid), svc in self.services.items():
@@ -122,7 +127,10 @@ class Store:
                 continue
             self.indexes[topic] = txn.index
             txn.batch.put("indexes", topic, txn.index)
-        await self.persistence.commit(txn.batch)
+        try:
+            await self.persistence.commit(txn.batch)
+        finally:
+            self._mark_durable(txn.index)
         self._wake(txn.topics)
         for listener in self.commit_listeners:
             try:
@@ -130,6 +138,27 @@ class Store:
             except Exception:  # noqa: BLE001 - a listener must never fail a write
                 log.exception("commit listener failed")
         return txn.index
+
+    def _mark_durable(self, index: int) -> None:
+        self.durable_index = max(self.durable_index, index)
+        while self._durable_waiters and self._durable_waiters[0][0] <= self.durable_index:
+            _, _, future = heapq.heappop(self._durable_waiters)
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_durable(self, index: int | None = None) -> None:
+        """Return once every write up to index (default: everything applied so far) is on disk.
+
+        Reads answer from memory, which runs ahead of the disk by at most one group commit; a
+        reply waits here so that no client ever sees data (or an index) that a crash could take
+        back. With nothing in flight this returns at once.
+        """
+        index = self.index if index is None else index
+        if self.durable_index >= index:
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._durable_waiters, (index, next(self._waiter_seq), future))
+        await future
 
     def topic_index(self, topic: str) -> int:
         return self.indexes.get(topic, 0)

@@ -20,8 +20,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (DNS needs both)."""
+    """A port free for both TCP and UDP on 127.0.0.1 (DNS needs both), never the same one twice per run.
+
+    The kernel may offer a just-released port again, so two calls in a row could otherwise collide.
+    """
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
@@ -31,6 +37,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
                     udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            if port in _handed_out:
+                continue
+            _handed_out.add(port)
             return port
 
 

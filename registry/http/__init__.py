@@ -27,7 +27,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def consul_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into Consul's status and plain-text body; nothing escapes as a crash."""
     try:
-        return await handler(request)
+        response = await handler(request)
+        if request.method == "GET":
+            await request.app["store"].wait_durable()
+        return response
     except (RequestError, StoreError) as exc:
         return text_error(exc.status, exc.text)
     except QueryError as exc:
