@@ -57,6 +57,12 @@ class Agent:
         self.runner: web.AppRunner | None = None
         self.services: list[Any] = []  # started parts with async stop()
         self.stopped = asyncio.Event()
+        self.exit_code = 0
+        self.store.on_fatal = self._fatal
+
+    def _fatal(self, exc: Exception) -> None:
+        self.exit_code = 1
+        self.stopped.set()
 
     def _node_id(self) -> str:
         given = self.config.raw.get("node_id")
@@ -148,9 +154,9 @@ async def serve(config: AgentConfig) -> int:
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     await agent.stopped.wait()
-    log.info("signal received, stopping")
+    log.info("stopping" if agent.exit_code else "signal received, stopping")
     await agent.stop()
-    return 0
+    return agent.exit_code
 
 
 def main(argv: list[str]) -> int:
