@@ -132,8 +132,33 @@ WRITES = [
      ("PUT", "/v1/catalog/register", {"Node": "node1", "Address": "127.0.0.1", "SkipNodeUpdate": True,
                                       "Service": {"Service": "web", "ID": "cat-{u}"}})),
     ("PUT", "/v1/session/create", {"Name": "s-{u}"}, "session", "node1", None),
+    ("PUT", "/v1/agent/check/deregister/ttl-{u}", None, "service", "web",
+     ("PUT", "/v1/agent/service/register", {"Name": "web", "ID": "web-{u}",
+                                            "Check": {"CheckID": "ttl-{u}", "TTL": "30s"}})),
+    ("PUT", "/v1/agent/check/warn/ttl-{u}", None, "service", "web",
+     ("PUT", "/v1/agent/service/register", {"Name": "web", "ID": "web-{u}",
+                                            "Check": {"CheckID": "ttl-{u}", "TTL": "30s"}})),
+    ("PUT", "/v1/agent/check/fail/ttl-{u}", None, "node", "node1",
+     ("PUT", "/v1/agent/check/register", {"CheckID": "ttl-{u}", "Name": "n", "TTL": "30s", "Status": "passing"})),
+    ("PUT", "/v1/agent/check/update/ttl-{u}", {"Status": "warning", "Output": "o"}, "node", "node1",
+     ("PUT", "/v1/agent/check/register", {"CheckID": "ttl-{u}", "Name": "n", "TTL": "30s"})),
+    ("PUT", "/v1/session/destroy/{id}", None, "session", "node1", ("PUT", "/v1/session/create", {"Name": "{u}"})),
+    ("PUT", "/v1/session/renew/{id}", None, "session", "node1",
+     ("PUT", "/v1/session/create", {"Name": "{u}", "TTL": "60s"})),
+    ("PUT", "/v1/agent/reload", None, "agent", "node1", None),
+    ("PUT", "/v1/agent/leave", None, "agent", "node1", None),
     ("PUT", "/v1/acl/policy", {"Name": "p-{u}", "Rules": ""}, "acl", "", None),
+    ("PUT", "/v1/acl/policy/{id}", {"Name": "p-{u}", "Rules": 'key "x" { policy = "read" }'}, "acl", "",
+     ("PUT", "/v1/acl/policy", {"Name": "p-{u}", "Rules": ""})),
+    ("DELETE", "/v1/acl/policy/{id}", None, "acl", "", ("PUT", "/v1/acl/policy", {"Name": "p-{u}", "Rules": ""})),
+    ("PUT", "/v1/acl/token", {"Description": "t-{u}"}, "acl", "", None),
+    ("PUT", "/v1/acl/token/{id}", {"Description": "renamed-{u}"}, "acl", "",
+     ("PUT", "/v1/acl/token", {"Description": "t-{u}"})),
+    ("DELETE", "/v1/acl/token/{id}", None, "acl", "", ("PUT", "/v1/acl/token", {"Description": "t-{u}"})),
 ]
+
+#: Writes that are allowed yet leave the store as it was (they renew or re-read something).
+NO_STATE_CHANGE = {"/v1/session/renew/{id}", "/v1/agent/reload", "/v1/agent/leave"}
 
 
 def _fill(value, u: str):
@@ -161,12 +186,16 @@ def test_write_endpoint(callers: dict[str, Caller], caller_name: str, case: tupl
     if setup is not None:
         s_method, s_path, s_body = _fill(setup, u)
         kwargs = {"json": s_body} if isinstance(s_body, dict) else {"data": s_body}
-        _root(caller.agent, s_method, s_path, **kwargs)
+        created = _root(caller.agent, s_method, s_path, **kwargs)
+        if created.content and isinstance(created.json(), dict):
+            reply = created.json()
+            path = path.replace("{id}", reply.get("AccessorID") or reply.get("ID", ""))
     before = _state(caller.agent)
     resp = _send(caller, method, path, body)
     if caller.allowed(resource, target, "write"):
         assert resp.status_code == 200, resp.text
-        assert _state(caller.agent) > before, "an allowed write changed nothing"
+        if case[1] not in NO_STATE_CHANGE:
+            assert _state(caller.agent) > before, "an allowed write changed nothing"
     else:
         assert resp.status_code == 403, resp.text
         permission = f"{resource}:write"
@@ -208,6 +237,14 @@ READS = [
     ("/v1/session/list", "list", "session", "node1", lambda b: [s["Node"] for s in b]),
     ("/v1/agent/self", "single", "agent", "node1", None),
     ("/v1/acl/tokens", "single", "acl", "", None),
+    ("/v1/acl/policies", "single", "acl", "", None),
+    ("/v1/kv/app/seed?raw", "single", "key", "app/seed", None),
+    ("/v1/agent/service/web-seed", "single", "service", "web", None),
+    ("/v1/catalog/node-services/node1", "list", "node", "node1", lambda b: [b["Node"]["Node"]] if b else []),
+    ("/v1/session/node/node1", "list", "session", "node1", lambda b: [s["Node"] for s in b]),
+    ("/v1/status/leader", "open", "", "", None),
+    ("/v1/status/peers", "open", "", "", None),
+    ("/v1/catalog/datacenters", "open", "", "", None),
 ]
 
 
@@ -217,6 +254,9 @@ def test_read_endpoint(callers: dict[str, Caller], seeded: None, caller_name: st
     caller = callers[caller_name]
     path, kind, resource, target, names = case
     resp = requests.get(caller.agent.url + path, headers=caller.headers(), timeout=10)
+    if kind == "open":  # status and datacenters take no token, as in Consul
+        assert resp.status_code == 200, resp.text
+        return
     if caller.name in ("expired", "unknown"):
         assert (resp.status_code, resp.text) == (403, "ACL not found")
         return
@@ -308,3 +348,29 @@ def test_secrets_never_reach_the_log(agents: dict[str, AgentProcess]) -> None:
     requests.put(f"{agent.url}/v1/acl/token", headers={"X-Consul-Token": ROOT_TOKEN},
                  json={"Description": "logged?", "SecretID": secret})
     assert secret not in agent.log() and ROOT_TOKEN not in agent.log()
+
+
+def test_dns_follows_the_anonymous_tokens_service_read(tmp_path: Path) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    agent = _start(tmp_path, "deny")
+    try:
+        _root(agent, "PUT", "/v1/agent/service/register",
+              json={"Name": "dnsweb", "ID": "dnsweb-1", "Address": "127.0.0.7", "Port": 80})
+
+        def ask() -> dns.message.Message:
+            query = dns.message.make_query("dnsweb.service.consul", "A")
+            return dns.query.udp(query, "127.0.0.1", port=agent.dns_port, timeout=5)
+
+        assert ask().rcode() == dns.rcode.NXDOMAIN  # anonymous may not read the service
+        policy = _root(agent, "PUT", "/v1/acl/policy", json={
+            "Name": "dns-read", "Rules": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'})
+        _root(agent, "PUT", "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+              json={"Description": "Anonymous Token", "Policies": [{"ID": policy.json()["ID"]}]})
+        answer = ask()
+        assert answer.rcode() == dns.rcode.NOERROR
+        assert [rr.to_text() for rrset in answer.answer for rr in rrset] == ["127.0.0.7"]
+    finally:
+        agent.stop()

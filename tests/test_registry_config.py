@@ -97,3 +97,11 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, shared_agent: AgentProcess
     proc = subprocess.run([sys.executable, "-m", "registry", "-dev", "-http-port", str(shared_agent.http_port),
                            "-dns-port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "cannot listen" in proc.stderr
+
+
+def test_interface_env_vars_name_the_addresses() -> None:
+    """As in Consul's container image: CONSUL_BIND_INTERFACE / CONSUL_CLIENT_INTERFACE name an interface."""
+    config = parse_args(["-dev"], {"CONSUL_BIND_INTERFACE": "lo", "CONSUL_CLIENT_INTERFACE": "lo"})
+    assert (config.bind_addr, config.client_addr) == ("127.0.0.1", "127.0.0.1")
+    with pytest.raises(ConfigError, match="no-such-if0"):
+        parse_args(["-dev"], {"CONSUL_CLIENT_INTERFACE": "no-such-if0"})

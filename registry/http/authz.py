@@ -30,10 +30,14 @@ def request_secret(request: web.Request) -> str | None:
     return None
 
 
+#: Endpoints Consul answers without resolving a token.
+OPEN_PATHS = ("/v1/status/", "/v1/catalog/datacenters")
+
+
 @web.middleware
 async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     acl: ACLService = request.app["acl"]
-    if acl.enabled and request.path.startswith("/v1/"):
+    if acl.enabled and request.path.startswith("/v1/") and not request.path.startswith(OPEN_PATHS):
         try:
             request["authz"] = acl.resolve(request_secret(request))
         except ACLNotFound:

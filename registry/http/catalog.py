@@ -138,9 +138,11 @@ async def node_services(request: web.Request) -> web.Response:
     def compute() -> Result:
         own = store.topic_index(f"node:{name}")
         record = store.nodes.get(name)
-        body = None if record is None else {
-            "Node": record, "Services": [node_service(s) for _, s in sorted(store.node_services[name].items())]
-            if name in store.node_services else []}
+        body = None
+        if record is not None and visible(request, [name], can_read_node):
+            services = visible(request, sorted(store.node_services.get(name, {}).values(), key=lambda s: s["ID"]),
+                               lambda who, svc: can_read_service(who, svc["Service"]))
+            body = {"Node": record, "Services": [node_service(s) for s in services]}
         return Result(body, own or store.topic_index("nodes"), own)
 
     return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
