@@ -181,6 +181,14 @@ def running_agent(workdir: Path, durable: bool = True, extra_args: Sequence[str]
         process.stop()
 
 
+def templater_process(args: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
+    """`python -m templater <args>` (not started yet), with `env` added to ours minus CONSUL_HTTP_*, so a
+    developer's shell never points a benchmark's templater at a real cluster."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
+    clean.update(env or {})
+    return Process("templater", [sys.executable, "-m", "templater", *args], workdir, clean)
+
+
 def tool_path(name: str) -> str | None:
     """The path of a system tool (etcd, wrk, dnsperf ...), or None when it is not installed."""
     return shutil.which(name)

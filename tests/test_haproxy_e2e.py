@@ -108,6 +108,15 @@ def edges() -> Iterator[list[EdgeTemplater]]:
         edge.kill_haproxy()
 
 
+def start_serving(edges: list[EdgeTemplater], edge: EdgeTemplater, web: WebService,
+                  what: str = "first render live") -> EdgeTemplater:
+    """Start `edge` (the `edges` fixture stops it) and wait until HAProxy serves web's passing instances."""
+    edges.append(edge)
+    edge.start()
+    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message=what)
+    return edge
+
+
 def run_scale_events(edge: EdgeTemplater, web: WebService, events: list[tuple[int, set[int]]],
                      settle: float = 20.0) -> LoadLoop:
     """Drive the events under load; after each, HAProxy's live set must equal the passing set."""
@@ -146,10 +155,7 @@ def test_runtime_mode_scales_with_zero_reloads_under_load(shared_agent: AgentPro
                                                           backends: list[Backend], edges: list[EdgeTemplater]):
     web = WebService(shared_agent, backends, "rt")
     web.set(1, set())
-    edge = EdgeTemplater(run_dir, shared_agent.http_addr, mode="runtime")
-    edges.append(edge)
-    edge.start()
-    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="first render live")
+    edge = start_serving(edges, EdgeTemplater(run_dir, shared_agent.http_addr, mode="runtime"), web)
     loop = run_scale_events(edge, web, EVENTS)
     assert len(EVENTS) >= 20
     assert reloads(edge) == 0, edge.log()[-3000:]
@@ -163,10 +169,7 @@ def test_reload_mode_one_reload_per_coalesced_event(shared_agent: AgentProcess, 
                                                     backends: list[Backend], edges: list[EdgeTemplater]):
     web = WebService(shared_agent, backends, "rl")
     web.set(1, set())
-    edge = EdgeTemplater(run_dir, shared_agent.http_addr, mode="reload", wait="300ms:3s")
-    edges.append(edge)
-    edge.start()
-    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="first render live")
+    edge = start_serving(edges, EdgeTemplater(run_dir, shared_agent.http_addr, mode="reload", wait="300ms:3s"), web)
     events = [(5, set()), (5, {1}), (1, set()), (8, set()), (3, {2}), (4, set())]
     run_scale_events(edge, web, events)
     # every event changed the passing set; its several registry writes coalesced into one reload
@@ -179,10 +182,7 @@ def test_fragments_restart_and_reattach(shared_agent: AgentProcess, run_dir: Pat
                                         edges: list[EdgeTemplater]):
     web = WebService(shared_agent, backends, "frag")
     web.set(2, set())
-    edge = EdgeTemplater(run_dir, shared_agent.http_addr, mode="runtime")
-    edges.append(edge)
-    edge.start()
-    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="first render live")
+    edge = start_serving(edges, EdgeTemplater(run_dir, shared_agent.http_addr, mode="runtime"), web)
 
     def get() -> requests.Response:
         return requests.get(edge.url + "/", headers={"Host": web.host}, timeout=5)
@@ -238,9 +238,7 @@ def test_dns_mode_haproxy_resolves_srv_from_the_agent(shared_agent: AgentProcess
         web.set(1, set())
         edge = EdgeTemplater(run_dir, shared_agent.http_addr, mode="dns", template="haproxy-dns.cfg.j2",
                              dns_addr=f"127.0.0.1:{shared_agent.dns_port}")
-        edges.append(edge)
-        edge.start()
-        wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="first SRV answer live")
+        start_serving(edges, edge, web, "first SRV answer live")
         events = [(5, set()), (5, {2}), (1, set()), (8, set()), (8, set(range(8))), (3, set()), (3, {1}),
                   (6, set()), (2, set())]
         run_scale_events(edge, web, events)

@@ -13,59 +13,40 @@ import os
 import shutil
 import signal
 import socketserver
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
-from prometheus_client import CollectorRegistry, Counter
 
 from templater import dependencies as dep
+from templater.config import HAProxySettings
 from templater.haproxy.binary import find_haproxy
 from templater.haproxy.mastercli import MasterCLI
-from tests.procs import free_port, wait_until
+from templater.metrics import Metrics as TemplaterMetrics
+from tests.procs import ROOT, free_port, wait_until
+from tests.templater_proc import TemplaterProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
 HAPROXY = find_haproxy()
 log = logging.getLogger("test.haproxy")
 
 
-# --------------------------------------------------------------------------- stand-ins for the templater
+# --------------------------------------------------------------------------- the templater's settings and metrics
 
 
-@dataclass
-class Settings:
-    """Stand-in for templater.config.HAProxySettings (same fields)."""
-
-    mode: str = "runtime"
-    binary: str | None = None
-    config: str = ""
-    master_socket: str | None = None
-    stats_socket: str | None = None
-    state_file: str | None = None
-    supervise: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+#: The controller takes the templater's own `haproxy {}` settings (kept under the name the tests import).
+Settings = HAProxySettings
 
 
-class Metrics:
-    """Stand-in for templater.metrics.Metrics: only the four counters the controller touches."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.reloads = Counter("templater_reloads", "", registry=self.registry)
-        self.reload_failures = Counter("templater_reload_failures", "", registry=self.registry)
-        self.runtime_updates = Counter("templater_runtime_updates", "", registry=self.registry)
-        self.haproxy_restarts = Counter("templater_haproxy_restarts", "", registry=self.registry)
+class Metrics(TemplaterMetrics):
+    """The templater's own metrics; value() takes the counter's short name (`reloads`), as the tests do."""
 
     def value(self, name: str) -> float:
-        return self.registry.get_sample_value(f"templater_{name}_total") or 0.0
+        return super().value(f"templater_{name}_total")
 
 
 # --------------------------------------------------------------------------- short socket directory
@@ -248,77 +229,48 @@ class LoadLoop:
 # --------------------------------------------------------------------------- the templater as a process
 
 
-class EdgeTemplater:
+class EdgeTemplater(TemplaterProcess):
     """`python -m templater` rendering a shipped HAProxy template and supervising HAProxy.
 
     Ports reach the template through the EDGESTACK_* environment defaults the templates read, so
     the test does not depend on how the templater passes the `haproxy {}` block to templates.
     """
 
+    START_TIMEOUT = 20.0
+    STOP_TIMEOUT = 15.0
+
     def __init__(self, run: Path, consul_addr: str, mode: str = "runtime", template: str = "haproxy.cfg.j2",
                  wait: str | None = None, dns_addr: str | None = None, extra_hcl: str = ""):
         self.run = run
         self.http_port = free_port()
         self.stats_port = free_port()
-        self.metrics_port = free_port()
         self.config = run / "haproxy.cfg"
         self.master_socket = run / "haproxy-master.sock"
         self.admin_socket = run / "haproxy-admin.sock"
-        self.log_path = run / "templater.log"
-        self.env = {"EDGESTACK_HTTP_PORT": str(self.http_port), "EDGESTACK_STATS_PORT": str(self.stats_port)}
+        env = {"EDGESTACK_HTTP_PORT": str(self.http_port), "EDGESTACK_STATS_PORT": str(self.stats_port)}
         if dns_addr:
-            self.env["EDGESTACK_DNS_ADDR"] = dns_addr
+            env["EDGESTACK_DNS_ADDR"] = dns_addr
         wait_block = f'wait {{\n  min = "{wait.split(":")[0]}"\n  max = "{wait.split(":")[-1]}"\n}}\n' if wait else ""
         (run / "templater.hcl").write_text(
             f'consul {{\n  address = "{consul_addr}"\n}}\n{wait_block}'
             f'template {{\n  source = "{TEMPLATES / template}"\n  destination = "{self.config}"\n}}\n'
             f'haproxy {{\n  mode = "{mode}"\n  master_socket = "{self.master_socket}"\n'
             f'  drain_timeout = 2\n{extra_hcl}}}\n')
-        self.proc: Any = None
+        super().__init__(["-config", str(run / "templater.hcl")], run / "templater.log", env=env)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, wait_for_haproxy: bool = True) -> EdgeTemplater:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
-        env.update(self.env)
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "templater", "-config", str(self.run / "templater.hcl"), "-log-level",
-                 "debug", "-metrics-addr", f"127.0.0.1:{self.metrics_port}"],
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        wait_until(lambda: self.metrics() is not None, 20, message="templater metrics endpoint")
+        super().start()
         if wait_for_haproxy:
             wait_until(lambda: MasterCLI(str(self.master_socket)).alive(), 20, message="HAProxy up")
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics(self) -> dict[str, float] | None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"templater exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
-
     def metric(self, name: str) -> float:
-        return (self.metrics() or {}).get(f"templater_{name}", 0.0)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        """By the name after `templater_` (`reloads_total`), as the HAProxy tests read them."""
+        return super().metric(f"templater_{name}")
 
     def kill_haproxy(self) -> None:
         """Teardown safety net: stop a master left running (after a templater was SIGKILLed)."""

@@ -6,7 +6,6 @@ file, so "exactly one re-render and one command" is observed from outside, like 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from tests.procs import ROOT, AgentProcess, free_port, wait_until
+from tests.templater_proc import TemplaterProcess
 
 SERVERS_TEMPLATE = """{% for s in services() %}
 backend {{ s.name|sanitize }}
@@ -27,50 +27,11 @@ backend {{ s.name|sanitize }}
 """
 
 
-class Templater:
-    """One `python -m templater` process with its own metrics port and log file."""
+class Templater(TemplaterProcess):
+    """One `python -m templater` process with its own metrics port, log file and stdout file."""
 
     def __init__(self, tmp_path: Path, args: list[str], name: str = "templater"):
-        self.metrics_port = free_port()
-        self.log_path = tmp_path / f"{name}.log"
-        self.out_path = tmp_path / f"{name}.stdout"
-        self.args = [sys.executable, "-m", "templater", *args, "-log-level", "debug",
-                     "-metrics-addr", f"127.0.0.1:{self.metrics_port}"]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Templater:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
-        with open(self.log_path, "ab") as log, open(self.out_path, "ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=log, cwd=ROOT, env=env)
-        wait_until(lambda: self.metrics() is not None, 15, message="templater metrics endpoint")
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics(self) -> dict[str, float] | None:
-        if self.proc and self.proc.poll() is not None:
-            raise AssertionError(f"templater exited with {self.proc.returncode}:\n{self.log()}")
-        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
-
-    def metric(self, name: str) -> float:
-        return (self.metrics() or {}).get(name, 0.0)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        super().__init__(args, tmp_path / f"{name}.log", tmp_path / f"{name}.stdout")
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +67,12 @@ def register(agent: AgentProcess, sid: str, port: int, name: str = "web", status
 
 def kv_put(agent: AgentProcess, key: str, value: str) -> None:
     requests.put(f"{agent.url}/v1/kv/{key}", data=value.encode(), timeout=5).raise_for_status()
+
+
+def run_templater(*args: str) -> subprocess.CompletedProcess:
+    """`python -m templater <args>` to completion (the -once and -dry modes), its output captured."""
+    return subprocess.run([sys.executable, "-m", "templater", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
 
 
 def lines(path: Path) -> int:
@@ -239,8 +206,7 @@ template {{
   perms       = "0600"
 }}
 """)
-    done = subprocess.run([sys.executable, "-m", "templater", "-config", str(config), "-consul-addr",
-                           registry.url, "-once"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_templater("-config", str(config), "-consul-addr", registry.url, "-once")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "a.txt").read_text() == "once1" and (tmp_path / "b.txt").read_text() == "node1\n"
     assert oct((tmp_path / "b.txt").stat().st_mode & 0o777) == "0o600"
@@ -251,23 +217,20 @@ def test_dry_prints_and_changes_nothing(registry: AgentProcess, tmp_path: Path) 
     register(registry, "dry1", 8001, name="dry")
     dest, marker = tmp_path / "never.txt", tmp_path / "ran"
     (tmp_path / "s.j2").write_text(SERVERS_TEMPLATE)
-    done = subprocess.run([sys.executable, "-m", "templater", f"-consul-addr={registry.http_addr}", "--once",
-                           "--dry", "-template", f"{tmp_path}/s.j2:{dest}:touch {marker}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_templater(f"-consul-addr={registry.http_addr}", "--once", "--dry",
+                         "-template", f"{tmp_path}/s.j2:{dest}:touch {marker}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"> {dest}\n") and "server node1-dry1 127.0.0.1:8001" in done.stdout
     assert not dest.exists() and not marker.exists()
 
 
 def test_once_exits_non_zero_with_a_clear_message_when_the_registry_is_down(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "templater", "-consul-addr", f"127.0.0.1:{free_port()}",
-                           "-once", "-template", f"{tmp_path}/x.j2:{tmp_path}/x"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = run_templater("-consul-addr", f"127.0.0.1:{free_port()}", "-once",
+                         "-template", f"{tmp_path}/x.j2:{tmp_path}/x")
     assert done.returncode != 0 and "template not found" in done.stderr
     (tmp_path / "x.j2").write_text("{{ services() }}")
-    done = subprocess.run([sys.executable, "-m", "templater", "-consul-addr", f"127.0.0.1:{free_port()}",
-                           "-once", "-template", f"{tmp_path}/x.j2:{tmp_path}/x"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = run_templater("-consul-addr", f"127.0.0.1:{free_port()}", "-once",
+                         "-template", f"{tmp_path}/x.j2:{tmp_path}/x")
     assert done.returncode == 14
     assert "giving up on the registry" in done.stderr and "Connection refused" in done.stderr
     assert not (tmp_path / "x").exists()

@@ -94,19 +94,20 @@ async def create_token(request: web.Request) -> web.Response:
     return reply(request, token_view(await acl.save_token(token)))
 
 
+def _found(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Consul answers a token or policy that does not exist with 403 "ACL not found", never 404."""
+    if record is None:
+        raise RequestError(403, "ACL not found")
+    return record
+
+
 @routes.get("/v1/acl/token/self")
 async def token_self(request: web.Request) -> web.Response:
-    token = _acl(request).store.acl_tokens.get(authz(request).accessor)
-    if token is None:
-        raise RequestError(403, "ACL not found")
-    return reply(request, token_view(token))
+    return reply(request, token_view(_found(_acl(request).store.acl_tokens.get(authz(request).accessor))))
 
 
 def _token(request: web.Request) -> dict[str, Any]:
-    token = _acl(request).store.acl_tokens.get(request.match_info["accessor"])
-    if token is None:
-        raise RequestError(403, "ACL not found")
-    return token
+    return _found(_acl(request).store.acl_tokens.get(request.match_info["accessor"]))
 
 
 @routes.get("/v1/acl/token/{accessor}")
@@ -175,11 +176,9 @@ async def create_policy(request: web.Request) -> web.Response:
 
 def _policy(request: web.Request, by_name: bool = False) -> dict[str, Any]:
     acl = _acl(request)
-    policy = acl.policy_by_name(request.match_info["name"]) if by_name else \
-        acl.store.acl_policies.get(request.match_info["policy"])
-    if policy is None:
-        raise RequestError(403, "ACL not found")
-    return policy
+    if by_name:
+        return _found(acl.policy_by_name(request.match_info["name"]))
+    return _found(acl.store.acl_policies.get(request.match_info["policy"]))
 
 
 @routes.get("/v1/acl/policy/name/{name}")
@@ -194,13 +193,18 @@ async def read_policy(request: web.Request) -> web.Response:
     return reply(request, policy_view(_policy(request)))
 
 
-@routes.put("/v1/acl/policy/{policy}")
-async def update_policy(request: web.Request) -> web.Response:
+def _changeable_policy(request: web.Request, refused: str) -> dict[str, Any]:
+    """The policy a write names, after acl:write; the builtin global-management policy is refused (403)."""
     require(request, "acl", None, "write")
     policy = _policy(request)
     if policy["ID"] == MANAGEMENT_POLICY_ID:
-        raise RequestError(403, "Permission denied: changing the rules of the builtin global-management "
-                                "policy is not permitted")
+        raise RequestError(403, f"Permission denied: {refused} is not permitted")
+    return policy
+
+
+@routes.put("/v1/acl/policy/{policy}")
+async def update_policy(request: web.Request) -> web.Response:
+    policy = _changeable_policy(request, "changing the rules of the builtin global-management policy")
     body = await read_object(request)
     record = _policy_record(_acl(request), body, policy["ID"])
     return reply(request, policy_view(await _acl(request).save_policy(record)))
@@ -208,11 +212,7 @@ async def update_policy(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/acl/policy/{policy}")
 async def delete_policy(request: web.Request) -> web.Response:
-    require(request, "acl", None, "write")
-    policy = _policy(request)
-    if policy["ID"] == MANAGEMENT_POLICY_ID:
-        raise RequestError(403, "Permission denied: Deletion of the builtin global-management policy is not "
-                                "permitted")
+    policy = _changeable_policy(request, "Deletion of the builtin global-management policy")
     await request.app["store"].put_record("acl_policies", policy["ID"], None, "acl")
     return reply(request, True)
 

@@ -4,49 +4,34 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.blocking import Result, run_query
+from registry.blocking import Result
 from registry.http.authz import authz, can_read_node, can_read_service, require, visible
 from registry.http.common import (
     Body,
     RequestError,
+    blocking_reply,
     check_consistency,
+    indexed,
     read_object,
     reply,
-    reply_result,
     store_of,
     string_map,
     typed,
 )
+from registry.http.reads import (
+    Instance,
+    has_tags,
+    meta_matches,
+    node_meta_filter,
+    node_read,
+    service_index,
+    service_read,
+)
 from registry.http.services import parse_service
 from registry.http.views import catalog_service, check_view, node_service
+from registry.store import Store
 
 routes = web.RouteTableDef()
-
-
-def node_meta_filter(request: web.Request) -> dict[str, str]:
-    """?node-meta=key:value (repeatable, AND)."""
-    wanted = {}
-    for item in request.query.getall("node-meta", []):
-        key, _, value = item.partition(":")
-        wanted[key] = value
-    return wanted
-
-
-def meta_matches(node: dict | None, wanted: dict[str, str]) -> bool:
-    meta = (node or {}).get("Meta") or {}
-    return all(meta.get(k) == v for k, v in wanted.items())
-
-
-def has_tags(svc: dict, tags: list[str]) -> bool:
-    """?tag filtering is case-insensitive in Consul (its state store lower-cases both sides)."""
-    own = {t.lower() for t in svc["Tags"] or ()}
-    return all(t.lower() in own for t in tags)
-
-
-def service_index(store, name: str) -> Result:
-    """Report/own indexes for reads of one service (unknown service: the services table index)."""
-    own = store.topic_index(f"service:{name}")
-    return Result(None, own or store.topic_index("services"), own)
 
 
 @routes.get("/v1/catalog/datacenters")
@@ -65,7 +50,7 @@ async def nodes(request: web.Request) -> web.Response:
         return Result(visible(request, body, lambda who, n: can_read_node(who, n["Node"])),
                       store.topic_index("nodes"))
 
-    return reply_result(request, await run_query(store, request.query, ["nodes"], compute))
+    return await blocking_reply(request, ["nodes"], compute)
 
 
 @routes.get("/v1/catalog/services")
@@ -75,37 +60,33 @@ async def services(request: web.Request) -> web.Response:
     wanted = node_meta_filter(request)
 
     def compute() -> Result:
-        if not wanted:
-            names = store.service_names()
-        else:
-            found: dict[str, set[str]] = {}
-            for (node_name, _), svc in store.services.items():
-                if meta_matches(store.nodes.get(node_name, {}), wanted):
-                    found.setdefault(svc["Service"], set()).update(svc["Tags"])
-            names = {n: sorted(t) for n, t in sorted(found.items())}
+        names = _service_tags(store, wanted) if wanted else store.service_names()
         allowed = visible(request, names, can_read_service)
         return Result({n: names[n] for n in allowed}, store.topic_index("services"))
 
-    return reply_result(request, await run_query(store, request.query, ["services", "nodes"], compute))
+    return await blocking_reply(request, ["services", "nodes"], compute)
+
+
+def _service_tags(store: Store, wanted: dict[str, str]) -> dict[str, list[str]]:
+    """Service name → its tags, counting only instances on nodes that match ?node-meta."""
+    found: dict[str, set[str]] = {}
+    for (node_name, _), svc in store.services.items():
+        if meta_matches(store.nodes.get(node_name, {}), wanted):
+            found.setdefault(svc["Service"], set()).update(svc["Tags"])
+    return {n: sorted(t) for n, t in sorted(found.items())}
 
 
 @routes.get("/v1/catalog/service/{service}")
 async def service(request: web.Request) -> web.Response:
     check_consistency(request)
-    store = store_of(request)
-    name = request.match_info["service"]
     tags = request.query.getall("tag", [])
-    wanted = node_meta_filter(request)
 
-    def compute() -> Result:
-        result = service_index(store, name)
-        found = [(node, svc) for node, svc, _ in store.instances(name)
-                 if has_tags(svc, tags) and meta_matches(node, wanted)]
+    def build(name: str, instances: list[Instance]) -> list[dict]:
+        found = [(node, svc) for node, svc, _ in instances if has_tags(svc, tags)]
         found = visible(request, found, lambda who, i: can_read_service(who, name) and can_read_node(who, i[0]["Node"]))
-        result.body = [catalog_service(node, svc) for node, svc in found]
-        return result
+        return [catalog_service(node, svc) for node, svc in found]
 
-    return reply_result(request, await run_query(store, request.query, [f"service:{name}"], compute))
+    return await service_read(request, build)
 
 
 @routes.get("/v1/catalog/node/{node}")
@@ -115,37 +96,34 @@ async def node(request: web.Request) -> web.Response:
     name = request.match_info["node"]
 
     def compute() -> Result:
-        own = store.topic_index(f"node:{name}")
         record = store.nodes.get(name)
         if record is None or not visible(request, [name], can_read_node):
-            return Result(None, own or store.topic_index("nodes"), own)
+            return indexed(store, f"node:{name}", "nodes")
         allowed = visible(request, sorted(store.node_services.get(name, {}).items()),
                           lambda who, item: can_read_service(who, item[1]["Service"]))
         services = {sid: node_service(svc) for sid, svc in allowed}
         for view in services.values():
             view.pop("Proxy", None)
             view.pop("Connect", None)
-        return Result({"Node": record, "Services": services}, own)
+        return Result({"Node": record, "Services": services}, store.topic_index(f"node:{name}"))
 
-    return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
+    return await blocking_reply(request, [f"node:{name}"], compute)
 
 
 @routes.get("/v1/catalog/node-services/{node}")
 async def node_services(request: web.Request) -> web.Response:
+    return await node_read(request, lambda name: _node_services(request, name))
+
+
+def _node_services(request: web.Request, name: str) -> dict | None:
+    """The node and its instances as a list (node-services' shape); None for an unknown or hidden node."""
     store = store_of(request)
-    name = request.match_info["node"]
-
-    def compute() -> Result:
-        own = store.topic_index(f"node:{name}")
-        record = store.nodes.get(name)
-        body = None
-        if record is not None and visible(request, [name], can_read_node):
-            services = visible(request, sorted(store.node_services.get(name, {}).values(), key=lambda s: s["ID"]),
-                               lambda who, svc: can_read_service(who, svc["Service"]))
-            body = {"Node": record, "Services": [node_service(s) for s in services]}
-        return Result(body, own or store.topic_index("nodes"), own)
-
-    return reply_result(request, await run_query(store, request.query, [f"node:{name}"], compute))
+    record = store.nodes.get(name)
+    if record is None or not visible(request, [name], can_read_node):
+        return None
+    services = sorted(store.node_services.get(name, {}).values(), key=lambda s: s["ID"])
+    services = visible(request, services, lambda who, svc: can_read_service(who, svc["Service"]))
+    return {"Node": record, "Services": [node_service(s) for s in services]}
 
 
 @routes.put("/v1/catalog/register")

@@ -1,13 +1,14 @@
-"""What every endpoint shares: Consul's reply shapes, errors, headers and body decoding."""
+"""What every endpoint shares: Consul's reply shapes, errors, headers, blocking reads and body decoding."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
-from registry.blocking import Result
+from registry.blocking import Result, run_query
 from registry.body import Body, RequestError, string_list, string_map, typed  # noqa: F401 - re-exported
 from registry.store import Store
 
@@ -34,6 +35,19 @@ def reply(request: web.Request, body: Any, index: int | None = None, status: int
 
 def reply_result(request: web.Request, result: Result, status: int = 200) -> web.Response:
     return reply(request, result.body, result.index, status)
+
+
+def indexed(store: Store, topic: str, table: str, body: Any = None) -> Result:
+    """A read's Result for one topic: it reports the topic's index, or its table's while the topic was never
+    written, so a read of something unknown still gets a non-zero X-Consul-Index and can block on it."""
+    own = store.topic_index(topic)
+    return Result(body, own or store.topic_index(table), own)
+
+
+async def blocking_reply(request: web.Request, topics: Iterable[str], compute: Callable[[], Result]) -> web.Response:
+    """Every blocking read ends the same way: answer now or park on its topics (?index, ?wait), then reply
+    with the body and the index headers."""
+    return reply_result(request, await run_query(store_of(request), request.query, topics, compute))
 
 
 def add_index_headers(resp: web.StreamResponse, index: int) -> None:

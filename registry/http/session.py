@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from registry.blocking import Result, run_query
+from registry.blocking import Result
 from registry.durations import DurationError, parse_duration
 from registry.http.authz import require, visible
-from registry.http.common import RequestError, check_consistency, read_object, reply, reply_result, store_of
+from registry.http.common import RequestError, blocking_reply, check_consistency, indexed, read_object, reply, store_of
 
 routes = web.RouteTableDef()
 
@@ -71,40 +73,31 @@ def _require_session_write(request: web.Request) -> None:
         require(request, "session", session["Node"], "write")
 
 
-def _sessions_result(request: web.Request, topic: str, keep) -> Result:
+async def _sessions_reply(request: web.Request, topic: str, keep: Callable[[dict], bool]) -> web.Response:
+    """The three session reads differ only in their topic and which sessions they keep."""
+    check_consistency(request)
     store = store_of(request)
-    own = store.topic_index(topic)
-    body = visible(request, [s for _, s in sorted(store.sessions.items()) if keep(s)],
-                   lambda who, s: who.allowed("session", s["Node"], "read"))
-    return Result(body, own or store.topic_index("sessions"), own)
+
+    def compute() -> Result:
+        body = visible(request, [s for _, s in sorted(store.sessions.items()) if keep(s)],
+                       lambda who, s: who.allowed("session", s["Node"], "read"))
+        return indexed(store, topic, "sessions", body)
+
+    return await blocking_reply(request, [topic], compute)
 
 
 @routes.get("/v1/session/info/{session}")
 async def info(request: web.Request) -> web.Response:
-    check_consistency(request)
-    store = store_of(request)
     sid = request.match_info["session"]
-    topic = f"session:{sid}"
-    result = await run_query(store, request.query, [topic],
-                             lambda: _sessions_result(request, topic, lambda s: s["ID"] == sid))
-    return reply_result(request, result)
+    return await _sessions_reply(request, f"session:{sid}", lambda s: s["ID"] == sid)
 
 
 @routes.get("/v1/session/list")
 async def list_(request: web.Request) -> web.Response:
-    check_consistency(request)
-    store = store_of(request)
-    result = await run_query(store, request.query, ["sessions"],
-                             lambda: _sessions_result(request, "sessions", lambda s: True))
-    return reply_result(request, result)
+    return await _sessions_reply(request, "sessions", lambda s: True)
 
 
 @routes.get("/v1/session/node/{node}")
 async def node(request: web.Request) -> web.Response:
-    check_consistency(request)
-    store = store_of(request)
     name = request.match_info["node"]
-    topic = f"session_node:{name}"
-    result = await run_query(store, request.query, [topic],
-                             lambda: _sessions_result(request, topic, lambda s: s["Node"] == name))
-    return reply_result(request, result)
+    return await _sessions_reply(request, f"session_node:{name}", lambda s: s["Node"] == name)
