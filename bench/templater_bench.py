@@ -3,21 +3,24 @@
 Issue 5's figures:
 - render time and peak memory for 100 / 1,000 / 10,000 services × 5 instances, from responses in
   Consul's documented /v1/health/service shape (parsed by the templater's own parser), rendering
-  a plain servers template and, when present, the shipped templates/haproxy.cfg.j2;
+  a plain servers template and the shipped templates/haproxy.cfg.j2 and haproxy-dns.cfg.j2 (routing
+  Meta on every service and some KV fragments, so the routes and fragments they build are exercised),
+  and how render time grows from 1,000 to 10,000 services (linear: x10);
 - the time from a registry write (PUT /v1/agent/service/register returns) to the new file on
   disk, p50/p99 over N events with wait 0, against a real agent and `python -m templater`.
 Targets: 1,000 services rendered in < 200 ms; write → file p99 < 100 ms. consul-template publishes
 no such figures (consul-template.md §6); its fixed 100 ms per-view fetch floor is the nearest one.
 
-Run: `.venv/bin/python -m bench.templater_bench [--sizes 100,1000,10000] [--events 100]`.
+Run: `.venv/bin/python -m bench.templater_bench [--sizes 100,1000,10000] [--events 100] [--templates DIR]`
+(--templates: time an edited copy of templates/, e.g. to compare before/after a change).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,7 +32,6 @@ import requests
 
 from bench.common import (
     ROOT,
-    Process,
     Row,
     cpu_probe,
     fmt_ms,
@@ -38,6 +40,7 @@ from bench.common import (
     print_table,
     running_agent,
     scratch_dir,
+    templater_process,
     wait_until,
 )
 from templater.config import HAProxySettings, TemplateConfig, haproxy_variables
@@ -62,6 +65,27 @@ backend {{ s.name|sanitize }}
 """
 
 
+def edge_meta(service: int) -> dict[str, str]:
+    """Routing Meta as operators set it (README, "HAProxy: the shipped templates"): every service routed by
+    host, every third also by path, every tenth TCP on a port of its own."""
+    if service % 10 == 5:
+        return {"version": "1", "edge-mode": "tcp", "edge-port": str(30000 + service)}
+    meta = {"version": "1", "edge-host": f"svc-{service:05d}.example, www.svc-{service:05d}.example"}
+    if service % 3 == 0:
+        meta["edge-path"] = f"/api/v{service % 4}, /svc-{service:05d}"
+    return meta
+
+
+def kv_fragments(services: int) -> dict[str, list[dict[str, Any]]]:
+    """/v1/kv/<prefix>?recurse answers: a fragment for every tenth backend, and one for the http frontend."""
+    def pair(key: str, text: str) -> dict[str, Any]:
+        return {"Key": key, "Value": base64.b64encode(text.encode()).decode(), "Flags": 0}
+    backends = [pair(f"haproxy/backends/svc-{i:05d}", "http-response set-header X-Edge-Service yes\nretries 2")
+                for i in range(0, services, 10)]
+    frontends = [pair("haproxy/frontends/http", "option httplog\nhttp-request set-header X-Edge yes")]
+    return {"haproxy/backends/": backends, "haproxy/frontends/": frontends}
+
+
 def health_response(service: int) -> list[dict[str, Any]]:
     """One /v1/health/service/<name> answer in Consul's documented shape."""
     name = f"svc-{service:05d}"
@@ -74,7 +98,7 @@ def health_response(service: int) -> list[dict[str, Any]]:
         entries.append({
             "Node": node,
             "Service": {"ID": sid, "Service": name, "Tags": ["v1", "http"], "Address": f"10.1.{n}.{service % 250}",
-                        "TaggedAddresses": {}, "Meta": {"version": "1"}, "Port": 20000 + service % 40000,
+                        "TaggedAddresses": {}, "Meta": edge_meta(service), "Port": 20000 + service % 40000,
                         "Weights": {"Passing": 1 + n, "Warning": 1}, "EnableTagOverride": False,
                         "CreateIndex": 7, "ModifyIndex": 7},
             "Checks": [{"Node": node["Node"], "CheckID": "serfHealth", "Name": "Serf Health Status",
@@ -96,6 +120,8 @@ class Catalog:
         raw_health = {f"svc-{i:05d}": json.dumps(health_response(i)) for i in range(services)}
         started = time.perf_counter()
         self.values: dict[Dependency, Any] = {CatalogServicesQuery(): CatalogServicesQuery.parse(raw_services)}
+        for prefix, pairs in kv_fragments(services).items():
+            self.values[KVPrefixQuery(prefix)] = KVPrefixQuery(prefix).parse(pairs)
         self.any: dict[str, list] = {}
         for name, body in raw_health.items():
             instances = HealthServiceQuery(name, None, ("any",)).parse(json.loads(body))
@@ -133,12 +159,14 @@ def time_render(renderer: TemplateRenderer, catalog: Catalog, variables: dict[st
     return statistics.median(times), len(result.text or ""), len(result.used)
 
 
-def render_figures(sizes: list[int]) -> list[Row]:
+def render_figures(sizes: list[int], template_dir: Path) -> list[Row]:
     rows: list[Row] = []
     templates = [("servers template", TemplateConfig(destination="/dev/null", contents=SERVERS_TEMPLATE))]
-    shipped = ROOT / "templates" / "haproxy.cfg.j2"
-    if shipped.exists():
-        templates.append(("templates/haproxy.cfg.j2", TemplateConfig(destination="/dev/null", source=str(shipped))))
+    for name in ("haproxy.cfg.j2", "haproxy-dns.cfg.j2"):
+        if (template_dir / name).exists():
+            templates.append((f"templates/{name}", TemplateConfig(destination="/dev/null",
+                                                                  source=str(template_dir / name))))
+    timings: dict[tuple[str, int], float] = {}
     variables = {"haproxy": haproxy_variables(HAProxySettings(config="/dev/null"))}
     for size in sizes:
         tracemalloc.start()
@@ -152,6 +180,7 @@ def render_figures(sizes: list[int]) -> list[Row]:
             renderer = TemplateRenderer(config)
             renderer.compile()
             seconds, size_bytes, deps = time_render(renderer, catalog, variables, 1 if size >= 10000 else 3)
+            timings[label, size] = seconds
             tracemalloc.start()
             renderer.render(catalog, variables)
             render_peak = tracemalloc.get_traced_memory()[1]
@@ -164,7 +193,14 @@ def render_figures(sizes: list[int]) -> list[Row]:
                             f"{parsed / 2**20:.1f} / {render_peak / 2**20:.1f} MiB", "-", "-"))
         del catalog
         gc.collect()
-    return rows
+    return rows + scaling_rows(timings, [label for label, _ in templates])
+
+
+def scaling_rows(timings: dict[tuple[str, int], float], labels: list[str]) -> list[Row]:
+    """Render time 10,000 / 1,000 services: x10 is linear; a quadratic template shows x20 and more."""
+    return [Row(f"scaling 1,000 → 10,000 services: {label}",
+                f"x{timings[label, 10000] / timings[label, 1000]:.1f}", "-", "≈ x10 (linear)")
+            for label in labels if (label, 1000) in timings and (label, 10000) in timings]
 
 
 def register(url: str, sid: str, port: int) -> None:
@@ -183,10 +219,9 @@ def latency_figures(events: int) -> list[Row]:
         source, dest = work / "bench.j2", work / "bench.out"
         source.write_text("{% for i in service('bench') %}{{ i.id }} {{ i.port }}\n{% endfor %}")
         register(agent.url, "bench-0", 30000)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
-        templater = Process("templater", [sys.executable, "-m", "templater", "-consul-addr", agent.url[7:],
-                                          "-template", f"{source}:{dest}", "-wait", "0", "-log-level", "warn",
-                                          "-metrics-addr", f"127.0.0.1:{free_port()}"], work, env).start()
+        templater = templater_process(["-consul-addr", agent.url[7:], "-template", f"{source}:{dest}", "-wait", "0",
+                                       "-log-level", "warn", "-metrics-addr", f"127.0.0.1:{free_port()}"],
+                                      work).start()
         try:
             wait_until(lambda: dest.exists() and "bench-0" in dest.read_text(), 30, "the first render")
             samples = []
@@ -225,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000", help="catalog sizes (services)")
     parser.add_argument("--events", type=int, default=100, help="registry writes for the latency figure")
+    parser.add_argument("--templates", type=Path, default=ROOT / "templates",
+                        help="directory holding the shipped templates to time (default: templates/)")
     args = parser.parse_args(argv)
     print(f"cpu share of one core available now: {cpu_probe():.0%}")
-    rows = render_figures([int(s) for s in args.sizes.split(",") if s])
+    rows = render_figures([int(s) for s in args.sizes.split(",") if s], args.templates)
     if args.events > 0:
         rows += latency_figures(args.events)
     print_table("templater: render and write → file", rows, "reference")

@@ -214,3 +214,16 @@ def test_every_documented_example_renders() -> None:
     for example in examples:
         result = render(example, Everything())
         assert result.complete, (example, result.error, result.missing)
+
+
+def test_speed_filters_service_meta_by_status_comma_list() -> None:
+    from types import SimpleNamespace
+
+    from templater.render import by_status, comma_list, service_meta
+
+    a = SimpleNamespace(meta={"edge-host": "", "v": "1"}, status="critical")
+    b = SimpleNamespace(meta={"edge-host": "b.local", "v": "2"}, status="passing")
+    c = SimpleNamespace(meta={"edge-host": "c.local"}, status="passing")
+    assert service_meta([a, b, c]) == {"edge-host": "b.local", "v": "1"}  # first non-empty value wins
+    assert by_status([a, b, c]) == {"critical": [a], "passing": [b, c]}
+    assert comma_list(" a, ,b ") == ["a", "b"]
