@@ -15,7 +15,6 @@ Records are kept in Consul's wire shape so reads serialise them without conversi
 from __future__ import annotations
 
 import asyncio
-import copy
 import heapq
 import itertools
 import json
@@ -645,7 +644,3 @@ class Store:
             txn.batch.put(table, key, record)
         txn.touch(topic)
         return await self.commit(txn)
-
-    def snapshot_copy(self, record: dict) -> dict:
-        """A deep copy for callers that want to edit a record before writing it back."""
-        return copy.deepcopy(record)

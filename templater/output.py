@@ -36,7 +36,7 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What applying an installed file to a running process did (HAProxy controller)."""
+    """What applying an installed file to a running process did (templater.haproxy's controller)."""
 
     ok: bool
     kind: str = "none"  # "none" | "runtime" | "reload"

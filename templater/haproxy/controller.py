@@ -16,7 +16,6 @@ import logging
 import os
 import subprocess
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from templater.config import parse_duration
@@ -39,6 +38,7 @@ from templater.haproxy.runtime import (
     ServerState,
     filter_state_file,
 )
+from templater.output import ApplyResult, CheckResult
 
 MODES = ("runtime", "reload", "dns")
 
@@ -54,21 +54,6 @@ class Settings(Protocol):
     state_file: str | None
     supervise: bool
     extra: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    ok: bool
-    alerts: list[str]
-    output: str
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    ok: bool
-    kind: str                      # "none" | "runtime" | "reload"
-    alerts: list[str] = field(default_factory=list)
-    detail: str = ""
 
 
 def seconds(extra: dict[str, Any], name: str, default: float) -> float:
