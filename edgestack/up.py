@@ -150,8 +150,6 @@ def templater_config(args: argparse.Namespace, layout: Layout, source: Path) -> 
     if master is not None:
         settings["master_socket"] = str(master)
     body = "\n".join(f"  {k:<10} = {_hcl_value(v)}" for k, v in settings.items())
-    # No comments in this file: the templater's HCL reader (python-hcl2) reports them as an unknown
-    # option `__comments__` until its loader passes with_comments=False.
     return (f"consul {{\n  address = {_hcl_value(f'127.0.0.1:{args.http_port}')}\n}}\n\n"
             f"template {{\n  source      = {_hcl_value(str(source))}\n"
             f"  destination = {_hcl_value(str(layout.haproxy_cfg))}\n}}\n\n"

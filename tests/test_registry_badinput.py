@@ -120,3 +120,15 @@ def test_garbage_bytes_do_not_take_the_agent_down(shared_agent: AgentProcess) ->
 
 def test_root_answers_for_client_probes(shared_agent: AgentProcess) -> None:
     assert requests.get(shared_agent.url + "/").status_code == 200
+
+
+def test_every_endpoint_caps_the_request_body(shared_agent: AgentProcess) -> None:
+    """Not only KV: a huge registration body is refused with 413 before it is read, and nothing changes."""
+    url = shared_agent.url
+    before = _applied_index(url)
+    huge = b'{"Name": "big", "Meta": {"k": "' + b"x" * (600 * 1024) + b'"}}'
+    for path in ("/v1/agent/service/register", "/v1/catalog/register", "/v1/session/create"):
+        resp = requests.put(url + path, data=huge, timeout=10)
+        assert resp.status_code == 413, (path, resp.status_code, resp.text[:200])
+        assert "too large" in resp.text
+    assert _applied_index(url) == before

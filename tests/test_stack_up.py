@@ -11,8 +11,10 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +136,21 @@ def assert_all_gone(pids: set[int], groups: set[int], stack: UpProcess) -> None:
         assert sock.connect_ex(("127.0.0.1", stack.ports["front"])) != 0
 
 
+def assert_secure_files(stack: UpProcess) -> None:
+    """Issue 8's defaults: HAProxy's admin and master sockets 0600, rendered config 0644, no world-writable dir."""
+    config = Path(stack.state()["haproxy"]["config"])
+    assert stat.S_IMODE(config.stat().st_mode) == 0o644
+    # the master socket moves to the temp dir when the stack's path is too long for HAProxy
+    candidates = list(config.parent.iterdir()) + list(Path(tempfile.gettempdir()).glob("edgestack-*-master.sock"))
+    sockets = [p for p in candidates if p.is_socket()]
+    names = {p.name for p in sockets}
+    assert any("master" in n for n in names) and any("admin" in n for n in names), names
+    for sock in sockets:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600, sock
+    for directory in [p for p in stack.data_dir.rglob("*") if p.is_dir()] + [stack.data_dir]:
+        assert not stat.S_IMODE(directory.stat().st_mode) & 0o002, f"{directory} is world-writable"
+
+
 def test_up_scale_stop_and_restart(up: UpProcess) -> None:
     up.start()
     web3 = {"web-1", "web-2", "web-3"}
@@ -147,6 +164,7 @@ def test_up_scale_stop_and_restart(up: UpProcess) -> None:
         assert where in shown, f"{where!r} missing from:\n{shown}"
     assert shown.count("passing") == 3 and "HAProxy backend web serves 3 servers" in shown
     pids, groups = started_processes(up)
+    assert_secure_files(up)
 
     second = UpProcess(up.root)  # same directory, other ports: refused, and the running stack untouched
     second.data_dir = up.data_dir
