@@ -17,6 +17,7 @@ import io
 import os
 import queue
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -562,6 +563,7 @@ class Stack:
         env = "" if a.http_port == 8500 else f"export CONSUL_HTTP_ADDR={self.http_addr}\n    "
         shown_dir = self._shown(self.layout.root)
         data_dir = "" if shown_dir == ".edgestack" else f"-data-dir {shown_dir} "
+        cli = _cli_name()
         lines = [
             "", "edgestack is up:",
             f"  HAProxy front   http://127.0.0.1:{a.front_port}/",
@@ -577,13 +579,24 @@ class Stack:
         lines += [
             "", "Try next (in another terminal):",
             f"    {env}curl http://127.0.0.1:{a.front_port}/   # each request answered by the next instance",
-            f"    edgestack scale {data_dir}{DEMO_SERVICE} 5   # HAProxy follows through the Runtime API",
-            "    edgestack catalog services",
-            "    edgestack kv put haproxy/backends/web 'http-response set-header X-Edge hello'",
+            f"    {cli} scale {data_dir}{DEMO_SERVICE} 5   # HAProxy follows through the Runtime API",
+            f"    {cli} catalog services",
+            f"    {cli} kv put haproxy/backends/web 'http-response set-header X-Edge hello'",
             f"    cat {self._shown(self.layout.haproxy_cfg)}",
             "", "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _cli_name() -> str:
+    """`edgestack` when it is on PATH, else the venv's script as the user can type it (bin/up uses .venv)."""
+    if shutil.which("edgestack"):
+        return "edgestack"
+    script = Path(sys.executable).parent / "edgestack"
+    try:
+        return str(script.relative_to(Path.cwd())) if script.exists() else "edgestack"
+    except ValueError:
+        return str(script)
 
 
 def backend_name(service: str) -> str:
