@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from templater.client import ConsulClient, PermissionDenied, RegistryUnavailable
 from templater.config import Config, ConfigError, TemplateConfig, WaitConfig, haproxy_variables
 from templater.dependencies import Dependency
+from templater.haproxy.model import merge_servers
 from templater.metrics import Metrics
 from templater.output import (
     CheckResult,
@@ -394,6 +395,7 @@ class Runner:
             return
         if outcome.check is not None and not outcome.check.ok:
             self._check_failed(state, outcome.check)
+            self._follow_servers_only(state, text, destination)
             return
         if outcome.installed:
             self.metrics.installs.inc()
@@ -425,7 +427,32 @@ class Runner:
         if result.kind == "reload":
             restore(destination, previous, state.config.perms)
             log.error("restored the last good %s", destination)
+            self._follow_servers_only(state, text, destination)
         self._once_failure()
+
+    def _follow_servers_only(self, state: TemplateState, text: str, destination: str) -> None:
+        """A refused structure (bad fragment, failed reload) must not freeze scaling: install the last good
+        structure with the new render's servers and apply that, through the Runtime API in runtime mode."""
+        good = read_current(destination)
+        if good is None or not self.controller_started:
+            return
+        merged = merge_servers(good.decode(), text)
+        try:
+            outcome = write_if_changed(state.config, merged, self.controller.check)
+        except OSError as exc:
+            log.error("cannot write %s: %s", destination, exc.strerror or exc)
+            return
+        if not outcome.installed:
+            return
+        self.metrics.installs.inc()
+        log.warning("kept the last good structure of %s and applied the new servers only", destination)
+        try:
+            result = self.controller.apply(good.decode(), merged, destination)
+        except Exception as exc:  # noqa: BLE001
+            log.error("applying the servers of %s failed: %s", destination, exc)
+            result = None
+        if result is None or not result.ok:
+            restore(destination, good, state.config.perms)
 
     # ----------------------------------------------------------------- failures and warnings
 

@@ -200,6 +200,12 @@ def test_fragments_restart_and_reattach(shared_agent: AgentProcess, run_dir: Pat
     assert "bogus_directive" in edge.log() and "[ALERT]" in edge.log()
     assert edge.config.read_text() == good
     assert get().status_code == 200 and reloads(edge) == 1
+    # ... and the bad fragment does not freeze scaling: servers still follow, through the Runtime API
+    web.set(3, set())
+    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="scaled despite the bad fragment")
+    assert reloads(edge) == 1 and "bogus_directive" not in edge.config.read_text()
+    web.set(2, set())
+    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="scaled back")
     requests.delete(kv, timeout=5)                       # the agent is shared with other tests
     wait_until(lambda: "X-Fragment" not in get().headers, 20, message="fragment removed")
     wait_until(lambda: reloads(edge) == 2, 10, message="second reload done")

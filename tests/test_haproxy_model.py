@@ -145,3 +145,41 @@ def test_reconcile_changes_from_live_state():
     exact = [ServerState("web", "n1-web1", "127.0.0.1", 9001, 2, 0, 1, 1),
              ServerState("web", "n2-web2", "127.0.0.1", 9002, 2, 0, 2, 2)]
     assert reconcile_changes(model(), exact) == []
+
+
+MERGE_GOOD = """global
+  daemon
+
+backend web
+  balance roundrobin
+  http-response set-header X ok
+
+  server a 10.0.0.1:80 weight 1
+  server b 10.0.0.2:80
+
+backend empty
+  balance roundrobin
+
+backend gone
+  server z 10.9.9.9:1
+"""
+
+
+def test_merge_servers_keeps_the_good_structure_and_takes_the_new_servers():
+    from templater.haproxy.model import merge_servers
+
+    assert merge_servers(MERGE_GOOD, MERGE_GOOD) == MERGE_GOOD  # nothing new: byte for byte
+    edits = [("  daemon\n", "  daemon\n  bogus_directive on\n"),
+             ("  server a 10.0.0.1:80 weight 1\n", ""),
+             ("  server b 10.0.0.2:80\n", "  server b 10.0.0.2:80\n  server c 10.0.0.3:80\n"),
+             ("backend empty\n  balance roundrobin\n", "backend empty\n  balance roundrobin\n  server e 10.0.1.1:80\n")]
+    new = MERGE_GOOD
+    for old, replacement in edits:
+        new = new.replace(old, replacement)
+    new += "\nbackend brand-new\n  server n 10.0.2.1:80\n"
+    merged = merge_servers(MERGE_GOOD, new)
+    good_model, merged_model = parse_config(MERGE_GOOD), parse_config(merged)
+    assert merged_model.structure == good_model.structure  # the refused structure stays out
+    assert "bogus_directive" not in merged and "brand-new" not in merged
+    assert {name: list(be.servers) for name, be in merged_model.backends.items()} == \
+        {"web": ["b", "c"], "empty": ["e"], "gone": ["z"]}

@@ -305,3 +305,67 @@ def runtime_paths(text: str, base_dir: str) -> tuple[str | None, str | None]:
     if state_file and not os.path.isabs(state_file):
         state_file = os.path.normpath(os.path.join(state_base or base_dir, state_file))
     return socket_path, state_file
+
+
+def _section_of(raw: str) -> tuple[str, str] | None:
+    """(kind, name) when the line opens a section, else None."""
+    words = normalise(raw).split()
+    if words and words[0] in SECTION_KEYWORDS:
+        return words[0], words[1] if len(words) > 1 else ""
+    return None
+
+
+def _is_server_line(raw: str, section: tuple[str, str] | None) -> bool:
+    words = normalise(raw).split()
+    return bool(section) and section[0] in PROXY_SECTIONS and len(words) >= 3 and words[0] == "server"
+
+
+def _server_lines(text: str) -> dict[str, list[str]]:
+    """Each backend's `server` lines, as written."""
+    found: dict[str, list[str]] = {}
+    section: tuple[str, str] | None = None
+    for raw in text.splitlines():
+        section = _section_of(raw) or section
+        if _section_of(raw) is None and _is_server_line(raw, section):
+            found.setdefault(section[1], []).append(raw)
+        elif section and section[0] in PROXY_SECTIONS:
+            found.setdefault(section[1], [])
+    return found
+
+
+def merge_servers(good: str, new: str) -> str:
+    """The structure of `good` with the servers `new` gives each backend both have.
+
+    When a render's structure is refused (an operator's bad KV fragment fails `haproxy -c`, or a
+    reload fails), the last good structure stays; merging the new servers into it lets scaling go
+    on through the Runtime API instead of freezing until the fragment is fixed.
+    """
+    wanted = _server_lines(new)
+    out: list[str] = []
+    section: tuple[str, str] | None = None
+    placed = True
+
+    def place_pending(at_section_end: bool) -> None:
+        nonlocal placed
+        if not placed and section is not None:
+            at = len(out)
+            while at_section_end and at > 0 and not out[at - 1].strip():  # before the section's closing blanks
+                at -= 1
+            out[at:at] = wanted[section[1]]
+        placed = True
+
+    for raw in good.splitlines():
+        header = _section_of(raw)
+        if header is not None:
+            place_pending(at_section_end=True)
+            section = header
+            placed = not (header[0] in PROXY_SECTIONS and header[1] in wanted)
+            out.append(raw)
+        elif not placed and _is_server_line(raw, section):
+            place_pending(at_section_end=False)  # the new servers go where the first old one stood
+        elif _is_server_line(raw, section) and section[1] in wanted:
+            continue  # an old server of a backend whose servers were replaced
+        else:
+            out.append(raw)
+    place_pending(at_section_end=True)
+    return "\n".join(out) + ("\n" if good.endswith("\n") else "")
