@@ -519,16 +519,19 @@ class Runner:
             self.client.close()
             self.client, self.watcher = self._connect(config)
         if config.haproxy != self.config.haproxy and self.controller is not None:
-            self._stop_controller()
+            self._stop_controller(keep_haproxy=True)  # the new controller attaches: no restart, no lost request
         self.config = config
         if self.observer is not None:
             self.observer.stop()
         self.templates = self._states(config)
         self._watch_sources()
 
-    def _stop_controller(self) -> None:
+    def _stop_controller(self, keep_haproxy: bool = False) -> None:
         try:
-            self.controller.stop()
+            if keep_haproxy:
+                self.controller.detach()
+            else:
+                self.controller.stop()
         except Exception as exc:  # noqa: BLE001
             log.error("stopping HAProxy control: %s", exc)
         self.controller, self.controller_started = None, False
@@ -539,7 +542,8 @@ class Runner:
             self.observer = None
         self.watcher.stop()
         if self.controller is not None:
-            self._stop_controller()
+            # -once renders, installs and applies, then leaves HAProxy serving (a pre-start step)
+            self._stop_controller(keep_haproxy=self.config.once)
         self.client.close()
 
 

@@ -374,3 +374,33 @@ def test_dns_follows_the_anonymous_tokens_service_read(tmp_path: Path) -> None:
         assert [rr.to_text() for rrset in answer.answer for rr in rrset] == ["127.0.0.7"]
     finally:
         agent.stop()
+
+
+def test_a_write_cannot_take_over_records_it_may_not_write(agents: dict[str, AgentProcess]) -> None:
+    """Reusing another service's ID, or a node check's ID, is a write on that record too (as Consul)."""
+    agent = agents["deny"]
+    secret, _ = _make_token(agent, "web-only", 'service "web" { policy = "write" }')
+    headers = {"X-Consul-Token": secret}
+    _root(agent, "PUT", "/v1/agent/service/register", json={"Name": "vault", "ID": "vault-1", "Port": 1})
+    _root(agent, "PUT", "/v1/agent/service/register", json={"Name": "web", "ID": "web-own", "Port": 2})
+    _root(agent, "PUT", "/v1/catalog/register", json={"Node": "ext-db", "Address": "10.0.0.9",
+                                                      "Service": {"Service": "db", "ID": "db-1"}})
+    before = _state(agent)
+    attempts = [
+        ("/v1/agent/service/register", {"Name": "web", "ID": "vault-1"}, "service:write' on \"vault\""),
+        ("/v1/agent/service/register", {"Name": "web", "ID": "web-x", "Check": {"CheckID": "serfHealth",
+                                                                                "TTL": "10s"}},
+         "node:write' on \"node1\""),
+        ("/v1/agent/check/register", {"CheckID": "serfHealth", "Name": "x", "ServiceID": "web-own",
+                                      "TTL": "10s", "Status": "critical"}, "node:write' on \"node1\""),
+        ("/v1/catalog/register", {"Node": "ext-db", "Address": "10.0.0.9", "SkipNodeUpdate": True,
+                                  "Service": {"Service": "web", "ID": "db-1"}}, "service:write' on \"db\""),
+    ]
+    for path, body, expected in attempts:
+        resp = requests.put(agent.url + path, json=body, headers=headers, timeout=10)
+        assert resp.status_code == 403 and expected in resp.text, (path, resp.status_code, resp.text)
+    assert _state(agent) == before
+    services = _root(agent, "GET", "/v1/agent/services").json()
+    assert services["vault-1"]["Service"] == "vault"
+    serf = _root(agent, "GET", "/v1/agent/checks").json()["serfHealth"]
+    assert (serf["Status"], serf["ServiceID"]) == ("passing", "")

@@ -92,6 +92,9 @@ class FakeController:
     def stop(self) -> None:
         self.calls.append(("stop",))
 
+    def detach(self) -> None:
+        self.calls.append(("detach",))
+
 
 def test_haproxy_template_goes_through_the_controller(tmp_path: Path) -> None:
     dest = tmp_path / "haproxy.cfg"

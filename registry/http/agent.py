@@ -6,7 +6,15 @@ from aiohttp import web
 
 from registry import REVISION, VERSION
 from registry.checkdefs import CHECK_ALIASES, parse_check, parse_service_checks
-from registry.http.authz import can_read_check, can_read_node, can_read_service, require, visible
+from registry.http.authz import (
+    can_read_check,
+    can_read_node,
+    can_read_service,
+    require,
+    require_check_write,
+    require_overwrite,
+    visible,
+)
 from registry.http.common import (
     RequestError,
     empty_ok,
@@ -38,12 +46,11 @@ def _unknown_check(cid: str) -> RequestError:
 
 
 def _require_check_write(request: web.Request, check: dict) -> None:
-    """A service's check needs service:write on the service; a node check, node:write on this node."""
-    if check.get("ServiceID"):
-        svc = _local_services(request).get(check["ServiceID"])
-        require(request, "service", svc["Service"] if svc else check.get("ServiceName", ""), "write")
-    else:
-        require(request, "node", store_of(request).node_name, "write")
+    """Write on the check's service (or on this node), and on any check of that ID it would replace."""
+    store = store_of(request)
+    svc = _local_services(request).get(check.get("ServiceID") or "")
+    require_check_write(request, store.node_name, check, svc["Service"] if svc else None)
+    require_overwrite(request, store, store.node_name, None, [check])
 
 
 def _local_services(request: web.Request) -> dict[str, dict]:
@@ -62,6 +69,7 @@ async def register_service(request: web.Request) -> web.Response:
     require(request, "service", service["Service"], "write")
     checks = parse_service_checks(body, service, store.node_name,
                                   request.app["agent_info"].enable_script_checks)
+    require_overwrite(request, store, store.node_name, service, checks)
     await store.register_service(service, checks, replace is not None)
     return empty_ok()
 

@@ -98,3 +98,25 @@ def can_read_check(who: Authorizer, check: dict) -> bool:
     if not can_read_node(who, check["Node"]):
         return False
     return not check.get("ServiceID") or can_read_service(who, check.get("ServiceName", ""))
+
+
+def require_check_write(request: web.Request, node: str, check: dict, service_name: str | None = None) -> None:
+    """A service's check needs service:write on the service; a node check, node:write on the node."""
+    if check.get("ServiceID"):
+        require(request, "service", service_name or check.get("ServiceName", ""), "write")
+    else:
+        require(request, "node", node, "write")
+
+
+def require_overwrite(request: web.Request, store: object, node: str, service: dict | None,
+                      checks: list[dict]) -> None:
+    """A write may not replace a record the token could not write itself (Consul checks the old record
+    too): reusing another service's ID, or a node check's ID, must not take it over."""
+    if service is not None:
+        old = store.services.get((node, service["ID"]))  # type: ignore[attr-defined]
+        if old is not None and old["Service"] != service["Service"]:
+            require(request, "service", old["Service"], "write")
+    for check in checks:
+        old = store.checks.get((node, check["CheckID"]))  # type: ignore[attr-defined]
+        if old is not None:
+            require_check_write(request, node, old)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.blocking import Result
-from registry.http.authz import authz, can_read_node, can_read_service, require, visible
+from registry.http.authz import authz, can_read_node, can_read_service, require, require_overwrite, visible
 from registry.http.common import (
     Body,
     RequestError,
@@ -162,6 +162,7 @@ def _require_register(request: web.Request, node: dict, service: dict | None, ch
             svc = store.services.get((node["Node"], check["ServiceID"]))
             name = svc["Service"] if svc else (service["Service"] if service else check["ServiceID"])
             require(request, "service", name, "write")
+    require_overwrite(request, store, node["Node"], service, checks)
 
 
 def _check_bodies(body: Body) -> list[Body]:

@@ -179,6 +179,11 @@ class HAProxyController:
         if self.process is not None:
             self.process.stop()
 
+    def detach(self) -> None:
+        """Stop supervising and leave HAProxy serving (see HAProxyProcess.detach)."""
+        if self.process is not None:
+            self.process.detach()
+
     # --- runtime path --------------------------------------------------------------------------
 
     def _apply_runtime(self, diff: ConfigDiff, current: str) -> ApplyResult | None:

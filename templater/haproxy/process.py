@@ -95,6 +95,17 @@ class HAProxyProcess:
             self._child = None
             self.owned = False
 
+    def detach(self, timeout: float = 10.0) -> None:
+        """Stop supervising but leave HAProxy serving: for `-once`, and for a SIGHUP that rebuilds the
+        controller (the next controller attaches to the same master, so traffic never stops)."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+            self._watcher = None
+        with self.lock:
+            self._child = None
+            self.owned = False
+
     @property
     def pid(self) -> int | None:
         """The master's pid (from `show proc` when attached)."""
