@@ -48,7 +48,7 @@ def parse_blocking(query: dict[str, str]) -> tuple[int, float]:
     raw_index = query.get("index", "")
     try:
         min_index = int(raw_index) if raw_index != "" else 0
-        if min_index < 0:
+        if not 0 <= min_index < 2**64:
             raise ValueError
     except ValueError:
         raise QueryError("Invalid index") from None
@@ -62,6 +62,8 @@ def parse_blocking(query: dict[str, str]) -> tuple[int, float]:
             raise QueryError("Invalid wait time") from None
         if wait < 0:
             raise QueryError("Invalid wait time")
+        if wait == 0:
+            wait = DEFAULT_WAIT  # as Consul: no wait (or 0) means the default
     return min_index, min(wait, MAX_WAIT)
 
 

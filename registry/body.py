@@ -75,3 +75,10 @@ def string_list(value: Any, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RequestError(400, f"Request decode failed: {field} must be a list of strings")
     return list(value)
+
+
+def require_strings(body: Body, *names: str) -> None:
+    """Fields that must be JSON strings when present: a number there is a 400, never a stored record
+    that later breaks every read of the catalog (or DNS) that meets it."""
+    for name in names:
+        typed(body.get(name), str, name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.body import Body, RequestError
+from registry.body import Body, RequestError, require_strings
 from registry.durations import DurationError, format_duration, parse_duration
 
 VALID_STATUSES = ("passing", "warning", "critical")
@@ -21,6 +21,19 @@ UNSUPPORTED_TYPES = ("GRPC", "H2PING", "H2PingUseTLS", "DockerContainerID", "Ali
 MIN_INTERVAL = 1.0
 OUTPUT_MAX = 4096
 DEFAULT_TIMEOUT = {"http": 10.0, "tcp": 10.0, "script": 30.0}
+
+CHECK_STRING_FIELDS = ("CheckID", "Name", "Notes", "Status", "ServiceID", "HTTP", "TCP", "Method", "Body",
+                       "Script", "TLSServerName")
+
+
+def _require_header(header: object) -> None:
+    """Header is a map of header name → list of values, as Consul's check definitions have it."""
+    if header is None:
+        return
+    if not isinstance(header, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in header.values()):
+        raise RequestError(400, "Request decode failed: Header must be a map of string lists")
+
 
 CHECK_ALIASES = {"scriptargs": "args", "id": "checkid"}
 
@@ -70,6 +83,8 @@ def parse_check(body: Body, node: str, *, service: dict | None = None, position:
     status = body.get("Status") or "critical"
     if status not in VALID_STATUSES:
         raise RequestError(400, SERVICE_STATUS_ERROR if service is not None else CHECK_STATUS_ERROR)
+    require_strings(body, *CHECK_STRING_FIELDS)
+    _require_header(body.get("Header"))
     kind = check_type(body)
     spec = _spec(body, kind)
     if kind == "script" and not enable_script_checks:

@@ -509,7 +509,7 @@ class Store:
 
     def _acquire(self, old: dict | None, entry: dict, session: str) -> bool:
         if session not in self.sessions:
-            raise StoreError(500, f'invalid session "{session}"')
+            raise StoreError(500, f'Invalid session "{session}"')
         holder = old.get("Session") if old else None
         if holder and holder != session:
             return False

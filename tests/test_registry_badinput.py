@@ -65,6 +65,21 @@ CASES = [
     ("PUT", "/v1/session/create", b'{"Node": "ghost"}', 500, "ghost"),
     ("PUT", "/v1/session/create", b'{"TTL": "1s"}', 500, "Invalid Session TTL"),
     ("PUT", "/v1/session/renew/00000000-0000-0000-0000-000000000000", b"", 404, "not found"),
+    ("PUT", "/v1/catalog/register", b'{"Node": 5, "Address": "10.0.0.2"}', 400, "Request decode failed"),
+    ("PUT", "/v1/catalog/register", b'{"Node": "typed", "Address": "10.0.0.2", "Check": {"Name": 5}}', 400,
+     "Request decode failed"),
+    ("PUT", "/v1/catalog/deregister", b'{"Node": ["z"]}', 400, "Request decode failed"),
+    ("PUT", "/v1/agent/check/register", b'{"Name": "h", "CheckID": 7, "TTL": "10s"}', 400, "Request decode failed"),
+    ("PUT", "/v1/agent/check/register", b'{"Name": "h", "HTTP": 5, "Interval": "10s"}', 400, "Request decode failed"),
+    ("PUT", "/v1/agent/check/register", b'{"Name": "h", "HTTP": "http://x", "Interval": "10s", "Header": {"a": 1}}',
+     400, "Header must be a map of string lists"),
+    ("PUT", "/v1/agent/service/register", b'{"Name": "x", "Check": {"CheckID": 3, "TTL": "10s"}}', 400,
+     "Request decode failed"),
+    ("PUT", "/v1/agent/check/update/any", b'{"Status": "passing", "Output": 5}', 400, "Request decode failed"),
+    ("PUT", "/v1/session/create", b'{"ServiceChecks": ["a"]}', 400, "ServiceChecks must be a list"),
+    ("PUT", "/v1/session/create", b'{"NodeChecks": "serfHealth"}', 400, "NodeChecks must be a list"),
+    ("PUT", "/v1/session/create", b'{"Name": 5}', 400, "Request decode failed"),
+    ("GET", "/v1/kv/k?index=18446744073709551616", None, 400, "Invalid index"),
     ("GET", "/v1/no/such/route", None, 404, ""),
     ("GET", "/v1/acl/tokens", None, 401, "ACL support disabled"),
     ("POST", "/v1/status/leader", None, 405, "method POST not allowed"),
@@ -132,3 +147,18 @@ def test_every_endpoint_caps_the_request_body(shared_agent: AgentProcess) -> Non
         assert resp.status_code == 413, (path, resp.status_code, resp.text[:200])
         assert "too large" in resp.text
     assert _applied_index(url) == before
+
+
+def test_chunked_kv_upload_is_capped_too(shared_agent: AgentProcess) -> None:
+    """No Content-Length to refuse up front: the size is checked on what arrives."""
+    before = _applied_index(shared_agent.url)
+
+    def chunks():  # 512 KiB + 512 bytes: over the KV limit, under the general request cap
+        for _ in range(8):
+            yield b"x" * (64 * 1024)
+        yield b"x" * 512
+
+    resp = requests.put(f"{shared_agent.url}/v1/kv/chunked-big", data=chunks(), timeout=10)
+    assert resp.status_code == 413 and "too large" in resp.text
+    assert requests.get(f"{shared_agent.url}/v1/kv/chunked-big").status_code == 404
+    assert _applied_index(shared_agent.url) == before

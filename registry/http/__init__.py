@@ -63,7 +63,7 @@ async def acl_disabled(request: web.Request) -> web.Response:
 
 def build_app(store: Store, agent_info: object, acl: ACLService) -> web.Application:
     """The application for one agent: store, agent info and ACLs ride on the app object."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[consul_errors, acl_middleware])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[acl_middleware, consul_errors])
     app["store"] = store
     app["agent_info"] = agent_info
     app["acl"] = acl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry import REVISION, VERSION
+from registry.body import require_strings
 from registry.checkdefs import CHECK_ALIASES, parse_check, parse_service_checks
 from registry.http.authz import (
     can_read_check,
@@ -170,6 +171,7 @@ routes.put("/v1/agent/check/fail/{check_id}")(_ttl_route("critical"))
 @routes.put("/v1/agent/check/update/{check_id}")
 async def update_check(request: web.Request) -> web.Response:
     body = await read_object(request)
+    require_strings(body, "Status", "Output")
     status = body.get("Status", "")
     if status not in ("passing", "warning", "critical"):
         raise RequestError(400, f"Invalid check status: '{status}'")

@@ -41,7 +41,9 @@ async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         try:
             request["authz"] = acl.resolve(request_secret(request))
         except ACLNotFound:
-            return text_error(403, "ACL not found")
+            response = text_error(403, "ACL not found")
+            response.headers["X-Consul-Default-ACL-Policy"] = "allow" if acl.default_allow else "deny"
+            return response
     else:
         request["authz"] = acl.resolve(None)
     response = await handler(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.blocking import Result
+from registry.body import require_strings
 from registry.http.authz import authz, can_read_node, can_read_service, require, require_overwrite, visible
 from registry.http.common import (
     Body,
@@ -129,6 +130,7 @@ def _node_services(request: web.Request, name: str) -> dict | None:
 @routes.put("/v1/catalog/register")
 async def register(request: web.Request) -> web.Response:
     body = await read_object(request)
+    require_strings(body, "Node", "Address", "ID", "Datacenter")
     info = request.app["agent_info"]
     node_name, address = body.get("Node", ""), body.get("Address", "")
     if not node_name or not address:
@@ -177,6 +179,7 @@ def _check_bodies(body: Body) -> list[Body]:
 
 def _catalog_check(body: Body, node: str) -> dict:
     """Catalog checks are status records only: nothing runs them."""
+    require_strings(body, "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "Type")
     name = body.get("Name", "")
     status = body.get("Status") or "critical"
     if status not in ("passing", "warning", "critical", "maintenance"):
@@ -191,6 +194,7 @@ def _catalog_check(body: Body, node: str) -> dict:
 @routes.put("/v1/catalog/deregister")
 async def deregister(request: web.Request) -> web.Response:
     body = await read_object(request)
+    require_strings(body, "Node", "ServiceID", "CheckID", "Datacenter")
     node_name = body.get("Node", "")
     if not node_name:
         raise RequestError(400, "Must provide node")

@@ -130,6 +130,10 @@ async def put_kv(request: web.Request) -> web.Response:
     flags = uint_param(request, "flags") or 0
     cas = uint_param(request, "cas")
     body = await request.read()
+    if len(body) > MAX_VALUE_SIZE:  # a chunked upload has no Content-Length to refuse up front
+        raise RequestError(413, f"Request body({len(body)} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
+                                "See https://developer.hashicorp.com/docs/agent/config/config-files"
+                                "#kv_max_value_size.")
     value = base64.b64encode(body).decode() if body else None
     ok = await store_of(request).kv_put(key, value, flags=flags, cas=cas,
                                         acquire=request.query.get("acquire"),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from registry.blocking import Result
+from registry.body import Body, require_strings
 from registry.durations import DurationError, parse_duration
 from registry.http.authz import require, visible
 from registry.http.common import RequestError, blocking_reply, check_consistency, indexed, read_object, reply, store_of
@@ -31,9 +32,23 @@ def _lock_delay(value: object) -> str:
     return str(value)
 
 
+def _check_lists(body: Body) -> None:
+    """NodeChecks/Checks: lists of check IDs; ServiceChecks: a list of {ID, Namespace} objects."""
+    for name in ("NodeChecks", "Checks"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise RequestError(400, f"Request decode failed: {name} must be a list of check IDs")
+    value = body.get("ServiceChecks")
+    if value is not None and (not isinstance(value, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("ID", ""), str) for v in value)):
+        raise RequestError(400, "Request decode failed: ServiceChecks must be a list of {\"ID\": ...} objects")
+
+
 @routes.put("/v1/session/create")
 async def create(request: web.Request) -> web.Response:
     body = await read_object(request, SESSION_ALIASES, required=False)
+    require_strings(body, "Name", "Node", "Behavior")
+    _check_lists(body)
     behavior = body.get("Behavior") or "release"
     if behavior not in ("release", "delete"):
         raise RequestError(400, f"Invalid Behavior setting '{behavior}'")
