@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from edgestack.client import Client, CLIError
 
@@ -47,6 +48,11 @@ def _client(args: argparse.Namespace) -> Client:
 # ---------------------------------------------------------------- kv
 
 
+def _kv_path(key: str) -> str:
+    """A key as a URL path: `?`, `#` and `%` in a key are part of the key, never a query or an escape."""
+    return quote(key, safe="/")
+
+
 def kv_main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("get", "put", "delete", "export", "import"):
         raise CLIError("usage: edgestack kv get|put|delete|export|import ...")
@@ -60,29 +66,33 @@ def kv_get(argv: list[str]) -> int:
     p.add_argument("-keys", "--keys", action="store_true")
     p.add_argument("-separator", "--separator", default="/")
     p.add_argument("-detailed", "--detailed", action="store_true")
+    p.add_argument("-base64", "--base64", action="store_true", help="print values base64-encoded")
     p.add_argument("key", nargs="?", default="")
     args = _parse(p, argv)
     client = _client(args)
     if args.keys:
-        resp = client.call("GET", f"/v1/kv/{args.key}", params={"keys": "", "separator": args.separator},
+        resp = client.call("GET", f"/v1/kv/{_kv_path(args.key)}", params={"keys": "", "separator": args.separator},
                            ok_404=True)
         for key in resp.json() if resp.status_code == 200 else []:
             print(key)
         return 0
     params = {"recurse": ""} if args.recurse else None
-    resp = client.call("GET", f"/v1/kv/{args.key}", params=params, ok_404=True)
+    resp = client.call("GET", f"/v1/kv/{_kv_path(args.key)}", params=params, ok_404=True)
     if resp.status_code == 404:
         if args.recurse:
             return 0
         raise CLIError(f"Error! No key exists at: {args.key}")
+    out = sys.stdout.buffer
     for entry in resp.json():
-        value = base64.b64decode(entry["Value"]).decode(errors="replace") if entry["Value"] else ""
+        raw = base64.b64decode(entry["Value"]) if entry["Value"] else b""
+        value = (entry["Value"] or "").encode() if args.base64 else raw  # bytes as stored: binary-safe
         if args.detailed:
             for field in ("CreateIndex", "Flags", "Key", "LockIndex", "ModifyIndex", "Session"):
-                print(f"{field:<14}{entry.get(field, '-')}")
-            print(f"{'Value':<14}{value}")
+                out.write(f"{field:<14}{entry.get(field, '-')}\n".encode())
+            out.write(f"{'Value':<14}".encode() + value + b"\n")
         else:
-            print(f"{entry['Key']}:{value}" if args.recurse else value)
+            out.write((entry["Key"].encode() + b":" if args.recurse else b"") + value + b"\n")
+    out.flush()
     return 0
 
 
@@ -118,7 +128,7 @@ def kv_put(argv: list[str]) -> int:
         params["acquire"] = args.session
     if args.release:
         params["release"] = args.session
-    ok = _client(args).call("PUT", f"/v1/kv/{args.key}", params=params, data=value).json()
+    ok = _client(args).call("PUT", f"/v1/kv/{_kv_path(args.key)}", params=params, data=value).json()
     if not ok:
         raise CLIError(f"Error! Did not write to {args.key}: CAS or lock failed")
     print(f"Success! Data written to: {args.key}")
@@ -137,7 +147,7 @@ def kv_delete(argv: list[str]) -> int:
         params["recurse"] = ""
     if args.cas:
         params["cas"] = args.modify_index
-    ok = _client(args).call("DELETE", f"/v1/kv/{args.key}", params=params).json()
+    ok = _client(args).call("DELETE", f"/v1/kv/{_kv_path(args.key)}", params=params).json()
     if not ok:
         raise CLIError(f"Error! Did not delete key {args.key}: CAS failed")
     print(f"Success! Deleted key{'s with prefix' if args.recurse else ''}: {args.key}")
@@ -148,7 +158,7 @@ def kv_export(argv: list[str]) -> int:
     p = _client_parser("kv export")
     p.add_argument("prefix", nargs="?", default="")
     args = _parse(p, argv)
-    resp = _client(args).call("GET", f"/v1/kv/{args.prefix}", params={"recurse": ""}, ok_404=True)
+    resp = _client(args).call("GET", f"/v1/kv/{_kv_path(args.prefix)}", params={"recurse": ""}, ok_404=True)
     entries = resp.json() if resp.status_code == 200 else []
     print(json.dumps([{"key": e["Key"], "flags": e["Flags"], "value": e["Value"] or ""} for e in entries],
                      indent="\t"))
@@ -167,7 +177,7 @@ def kv_import(argv: list[str]) -> int:
     client = _client(args)
     for entry in entries:
         key = args.prefix + entry["key"]
-        client.call("PUT", f"/v1/kv/{key}", params={"flags": entry.get("flags", 0)},
+        client.call("PUT", f"/v1/kv/{_kv_path(key)}", params={"flags": entry.get("flags", 0)},
                     data=base64.b64decode(entry.get("value") or ""))
         print(f"Imported: {key}")
     return 0
@@ -190,7 +200,7 @@ def catalog_main(argv: list[str]) -> int:
     args = _parse(p, argv[1:])
     client = _client(args)
     if args.service:
-        nodes = {e["Node"]: e for e in client.call("GET", f"/v1/catalog/service/{args.service}").json()}
+        nodes = {e["Node"]: e for e in client.call("GET", f"/v1/catalog/service/{quote(args.service, safe='')}").json()}
         rows = [{"Node": n, "ID": e["ID"], "Address": e["Address"], "Datacenter": e["Datacenter"]}
                 for n, e in sorted(nodes.items())]
     else:
@@ -229,7 +239,7 @@ def services_main(argv: list[str]) -> int:
     args = _parse(p, argv[1:])
     client = _client(args)
     if argv[0] == "deregister" and args.id:
-        client.call("PUT", f"/v1/agent/service/deregister/{args.id}")
+        client.call("PUT", f"/v1/agent/service/deregister/{quote(args.id, safe='')}")
         print(f"Deregistered service: {args.id}")
         return 0
     if not args.file:
@@ -241,7 +251,7 @@ def services_main(argv: list[str]) -> int:
             print(f"Registered service: {name}")
         else:
             sid = svc.get("id") or svc.get("ID") or name
-            client.call("PUT", f"/v1/agent/service/deregister/{sid}")
+            client.call("PUT", f"/v1/agent/service/deregister/{quote(sid, safe='')}")
             print(f"Deregistered service: {name}")
     return 0
 

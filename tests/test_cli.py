@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -67,3 +68,21 @@ def test_members_and_reload(shared_agent: AgentProcess) -> None:
 def test_unreachable_registry_is_a_clear_error(shared_agent: AgentProcess) -> None:
     res = run(shared_agent, "kv", "get", "x", env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     assert res.returncode == 1 and "cannot reach the registry" in res.stderr
+
+
+def test_keys_with_reserved_characters_and_binary_values(shared_agent: AgentProcess, tmp_path: Path) -> None:
+    run(shared_agent, "kv", "put", "cli/res/keep", "1")
+    for key in ("cli/res?recurse", "cli/res/q?x=1", "cli/res/pct%41", "cli/res/h#frag"):
+        assert run(shared_agent, "kv", "put", key, "v").returncode == 0
+        assert run(shared_agent, "kv", "get", key).stdout == "v\n", key
+    assert "Deleted key: cli/res?recurse" in run(shared_agent, "kv", "delete", "cli/res?recurse").stdout
+    assert run(shared_agent, "kv", "get", "cli/res/keep").stdout == "1\n"  # not a recursive delete
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)))
+    run(shared_agent, "kv", "put", "cli/res/bin", f"@{blob}")
+    full_env = {**os.environ, "CONSUL_HTTP_ADDR": shared_agent.http_addr}
+    raw = subprocess.run([sys.executable, "-m", "edgestack", "kv", "get", "cli/res/bin"], cwd=ROOT,
+                         capture_output=True, env=full_env, timeout=60).stdout
+    assert raw == bytes(range(256)) + b"\n"
+    assert run(shared_agent, "kv", "get", "-base64", "cli/res/bin").stdout.strip() == \
+        base64.b64encode(bytes(range(256))).decode()
