@@ -17,6 +17,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 from edgestack.client import Client, CLIError
 
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> int:
 def _deregister(client: Client, instance_id: str) -> None:
     """Best effort: a registry already gone cannot be told; the check's reaper cleans up later."""
     try:
-        client.call("PUT", f"/v1/agent/service/deregister/{instance_id}")
+        client.call("PUT", f"/v1/agent/service/deregister/{quote(instance_id, safe='')}")
         print(f"{instance_id}: deregistered", flush=True)
     except CLIError as exc:
         print(f"{instance_id}: could not deregister: {exc}", file=sys.stderr, flush=True)

@@ -336,9 +336,9 @@ class Stack:
         started = self._start_instances(service, count - len(current)) if count > len(current) else []
         stopped = self._stop_instances(service, len(current) - count) if count < len(current) else []
         self.write_state()
-        follow = self.follow(service, count)
+        followed, follow = self.follow(service, count)
         return {"ok": True, "service": service, "instances": [i.as_state() for i in self.instances[service]],
-                "started": [i.id for i in started], "stopped": stopped, "haproxy": follow}
+                "started": [i.id for i in started], "stopped": stopped, "haproxy": follow, "followed": followed}
 
     def _start_instances(self, service: str, how_many: int) -> list[Instance]:
         current = self.instances[service]
@@ -379,10 +379,11 @@ class Stack:
             self.status(instance.id, "stopped", "deregistered", instance.child)
         return [i.id for i in going]
 
-    def follow(self, service: str, count: int) -> str:
-        """Wait until HAProxy's backend for `service` serves `count` servers (read from the stats CSV)."""
+    def follow(self, service: str, count: int) -> tuple[bool, str]:
+        """Wait until HAProxy's backend for `service` serves `count` servers (read from the stats CSV);
+        (whether it did, what to tell the user)."""
         if not self.args.stats_port:
-            return "HAProxy stats are off (-stats-port 0): not verified"
+            return True, "HAProxy stats are off (-stats-port 0): not verified"
         deadline = time.monotonic() + FOLLOW_TIMEOUT
         serving = -1
         while time.monotonic() < deadline:
@@ -394,12 +395,12 @@ class Stack:
             if serving == count:
                 message = f"HAProxy backend {service} serves {count} server{'s' if count != 1 else ''}"
                 self.status("haproxy", "follows", message)
-                return message
+                return True, message
             time.sleep(0.1)
         message = (f"HAProxy has not caught up yet ({max(serving, 0)} of {count} servers in backend "
                    f"{service}); see {self._shown(self.layout.log('templater'))}")
         self.status("haproxy", "behind", message)
-        return message
+        return False, message
 
     def serving_servers(self, service: str) -> list[str]:
         return serving_servers(self.http, self.args.stats_port, backend_name(service))
@@ -670,4 +671,4 @@ def scale_main(argv: list[str]) -> int:
     for instance in reply["instances"]:
         print(f"  {instance['id']:<12} 127.0.0.1:{instance['port']}  pid {instance['pid']}")
     print(reply["haproxy"])
-    return 0
+    return 0 if reply.get("followed", True) else 1  # scripts must notice when HAProxy did not follow

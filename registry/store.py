@@ -381,12 +381,32 @@ class Store:
     async def catalog_deregister(self, node: str, service_id: str | None = None,
                                  check_id: str | None = None) -> None:
         txn = self.begin()
+        kept = None
         if service_id:
             self.delete_service(txn, node, service_id)
         elif check_id:
             self.delete_check(txn, node, check_id)
         else:
+            kept = self._agent_node_copy() if node == self.node_name else None
             self.delete_node(txn, node)
+        await self.commit(txn)
+        if kept is not None:
+            await self._restore_agent_node(*kept)
+
+    def _agent_node_copy(self) -> tuple[dict, list[dict], list[dict]]:
+        node = self.node_name
+        return (dict(self.nodes[node]), [dict(s) for s in self.node_services.get(node, {}).values()],
+                [dict(c) for c in self.node_checks.get(node, {}).values()])
+
+    async def _restore_agent_node(self, node: dict, services: list[dict], checks: list[dict]) -> None:
+        """Deregistering the agent's own node: as Consul's anti-entropy does within seconds, the agent puts
+        its node, services and checks straight back (sessions and locks tied to them are gone, as in Consul)."""
+        txn = self.begin()
+        self.upsert_node(txn, node)
+        for service in services:
+            self.upsert_service(txn, node["Node"], service)
+        for check in checks:
+            self.upsert_check(txn, check)
         await self.commit(txn)
 
     async def register_service(self, service: dict, checks: list[dict], replace_checks: bool) -> None:

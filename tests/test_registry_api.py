@@ -285,3 +285,13 @@ def test_session_with_ttl_expires_without_renewal(dev_agent: AgentProcess) -> No
     _, info = c.session.info(sid, index=index, wait="30s")
     assert info is None
     assert "Session" not in c.kv.get("expiring")[1]
+
+
+def test_deregistering_the_agents_own_node_puts_it_back(dev_agent: AgentProcess) -> None:
+    """As Consul's anti-entropy does: the node, its services and serfHealth return; sessions work again."""
+    c = consul.Consul(host="127.0.0.1", port=dev_agent.http_port)
+    c.agent.service.register("kept", service_id="kept-1", port=1)
+    assert c.catalog.deregister("node1")
+    assert "kept-1" in c.catalog.node("node1")[1]["Services"]
+    assert any(ch["CheckID"] == "serfHealth" for ch in c.health.node("node1")[1])
+    assert c.session.create(name="after")  # needs the node and serfHealth
