@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import requests
 
 from templater.haproxy.mastercli import MasterCLI
 from templater.haproxy.runtime import RuntimeAPI
-from tests.procs import AgentProcess, wait_until
+from tests.procs import ROOT, AgentProcess, wait_until
 from tests.test_haproxy_support import Backend, EdgeTemplater, LoadLoop, short_dir
 
 POOL = 8
@@ -261,3 +263,33 @@ def test_dns_mode_haproxy_resolves_srv_from_the_agent(shared_agent: AgentProcess
     finally:
         for backend in extra:
             backend.stop()
+
+
+def test_sighup_with_new_haproxy_settings_and_once_keep_haproxy_serving(
+        shared_agent: AgentProcess, run_dir: Path, backends: list[Backend], edges: list[EdgeTemplater]):
+    """Neither a SIGHUP that changes the `haproxy {}` block nor a `-once` run on the same config may stop
+    the HAProxy that is serving: the new controller attaches to the running master."""
+    web = WebService(shared_agent, backends, "hup")
+    web.set(2, set())
+    edge = start_serving(edges, EdgeTemplater(run_dir, shared_agent.http_addr, mode="runtime"), web)
+    master = MasterCLI(str(edge.master_socket))
+    pid = master.show_proc().master.pid
+    load = LoadLoop(edge.url + "/", web.host).start()
+    load.advance()
+    hcl = run_dir / "templater.hcl"
+    hcl.write_text(hcl.read_text().replace("drain_timeout = 2", "drain_timeout = 3"))
+    edge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloading configuration" in edge.log(), 10, message="SIGHUP handled")
+    web.set(3, set())  # the new controller still applies changes, through the runtime API
+    wait_until(lambda: live_ports(edge, web) == web.passing_ports(), 20, message="scaled after SIGHUP")
+    load.advance()
+
+    once = subprocess.run([sys.executable, "-m", "templater", "-config", str(hcl), "-once"], cwd=ROOT,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")},
+                               **edge.env},
+                          capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr[-2000:]
+    load.advance()
+    load.stop()
+    assert load.failures() == {}, load.failures()
+    assert master.show_proc().master.pid == pid and reloads(edge) == 0
