@@ -386,8 +386,8 @@ class Runner:
             self._install(state, text, commands if commands is not None else [])
             return
         destination = os.path.abspath(template.destination)
-        if not self.controller_started and read_current(destination) is not None:
-            self._start_controller(destination)  # attach to (or start) what is live before changing it
+        if not self.controller_started and read_current(destination) is not None and controller.running(destination):
+            self._start_controller(destination)  # attach to what is live before changing it
         try:
             outcome = write_if_changed(template, text, controller.check)
         except OSError as exc:

@@ -92,6 +92,9 @@ class FakeController:
     def stop(self) -> None:
         self.calls.append(("stop",))
 
+    def running(self, config_path: str) -> bool:
+        return True  # as if a master answered: attach before installing
+
     def detach(self) -> None:
         self.calls.append(("detach",))
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from templater.config import parse_duration
 from templater.haproxy.binary import BinaryNotFound, find_haproxy, haproxy_version
-from templater.haproxy.mastercli import CLIError, alert_lines
+from templater.haproxy.mastercli import CLIError, MasterCLI, alert_lines
 from templater.haproxy.model import (
     ConfigDiff,
     ConfigModel,
@@ -113,10 +113,8 @@ class HAProxyController:
         version = haproxy_version(self.binary)
         if version < (2, 8, 0):
             self.log.warning("HAProxy %s: reload status and dynamic servers need 2.8+", version)
-        config_dir = os.path.dirname(os.path.abspath(config_path))
-        master_socket = self.settings.master_socket or os.path.join(config_dir, "haproxy-master.sock")
         self.process = HAProxyProcess(
-            self.binary, config_path, master_socket, self.log,
+            self.binary, config_path, self._master_socket(config_path), self.log,
             supervise=self.settings.supervise, on_restart=self._restarted,
             last_good=lambda: self.last_good, check=lambda path: self.check(path).ok)
         self.process.start()
@@ -125,6 +123,15 @@ class HAProxyController:
                 self._set_live(_read(config_path), good=True, loaded=True)
             else:
                 self._attached(_read(config_path))
+
+    def _master_socket(self, config_path: str) -> str:
+        config_dir = os.path.dirname(os.path.abspath(config_path))
+        return self.settings.master_socket or os.path.join(config_dir, "haproxy-master.sock")
+
+    def running(self, config_path: str) -> bool:
+        """Whether a master already answers for this config: then attach before the file changes; if not,
+        the first render is installed first and HAProxy starts on it (no start-then-reload)."""
+        return MasterCLI(self._master_socket(config_path)).alive()
 
     def _attached(self, text: str | None) -> None:
         """An HAProxy was already running. The `.loaded` copy says which config its worker loaded: if
