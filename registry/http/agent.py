@@ -7,6 +7,7 @@ from aiohttp import web
 from registry import REVISION, VERSION
 from registry.body import require_strings
 from registry.checkdefs import CHECK_ALIASES, parse_check, parse_service_checks
+from registry.filter import AGENT_SERVICE_FIELDS, CHECK_FIELDS, apply_filter
 from registry.http.authz import (
     can_read_check,
     can_read_node,
@@ -19,6 +20,7 @@ from registry.http.authz import (
 from registry.http.common import (
     RequestError,
     empty_ok,
+    filter_predicate,
     parse_bool_param,
     read_object,
     reply,
@@ -91,7 +93,9 @@ async def services(request: web.Request) -> web.Response:
     dc = request.app["agent_info"].datacenter
     allowed = visible(request, sorted(_local_services(request).items()),
                       lambda who, item: can_read_service(who, item[1]["Service"]))
-    return reply(request, {sid: agent_service(svc, dc) for sid, svc in allowed})
+    body = {sid: agent_service(svc, dc) for sid, svc in allowed}
+    where = filter_predicate(request, AGENT_SERVICE_FIELDS)
+    return reply(request, body if where is None else apply_filter(where, body))
 
 
 @routes.get("/v1/agent/service/{service_id}")
@@ -111,7 +115,9 @@ async def checks(request: web.Request) -> web.Response:
     store = store_of(request)
     local = visible(request, sorted(store.node_checks.get(store.node_name, {}).items()),
                     lambda who, item: can_read_check(who, item[1]))
-    return reply(request, {cid: check_view(c) for cid, c in local})
+    body = {cid: check_view(c) for cid, c in local}
+    where = filter_predicate(request, CHECK_FIELDS)
+    return reply(request, body if where is None else apply_filter(where, body))
 
 
 @routes.put("/v1/agent/check/register")

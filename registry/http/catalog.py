@@ -6,12 +6,14 @@ from aiohttp import web
 
 from registry.blocking import Result
 from registry.body import require_strings
+from registry.filter import CATALOG_SERVICE_FIELDS, NODE_FIELDS, Predicate
 from registry.http.authz import authz, can_read_node, can_read_service, require, require_overwrite, visible
 from registry.http.common import (
     Body,
     RequestError,
     blocking_reply,
     check_consistency,
+    filter_predicate,
     indexed,
     read_object,
     reply,
@@ -51,7 +53,7 @@ async def nodes(request: web.Request) -> web.Response:
         return Result(visible(request, body, lambda who, n: can_read_node(who, n["Node"])),
                       store.topic_index("nodes"))
 
-    return await blocking_reply(request, ["nodes"], compute)
+    return await blocking_reply(request, ["nodes"], compute, NODE_FIELDS)
 
 
 @routes.get("/v1/catalog/services")
@@ -59,20 +61,23 @@ async def services(request: web.Request) -> web.Response:
     check_consistency(request)
     store = store_of(request)
     wanted = node_meta_filter(request)
+    where = filter_predicate(request, CATALOG_SERVICE_FIELDS)
 
     def compute() -> Result:
-        names = _service_tags(store, wanted) if wanted else store.service_names()
+        names = _service_tags(store, wanted, where) if wanted or where else store.service_names()
         allowed = visible(request, names, can_read_service)
         return Result({n: names[n] for n in allowed}, store.topic_index("services"))
 
     return await blocking_reply(request, ["services", "nodes"], compute)
 
 
-def _service_tags(store: Store, wanted: dict[str, str]) -> dict[str, list[str]]:
-    """Service name → its tags, counting only instances on nodes that match ?node-meta."""
+def _service_tags(store: Store, wanted: dict[str, str], where: Predicate | None = None) -> dict[str, list[str]]:
+    """Service name → its tags, counting only instances on nodes that match ?node-meta and, as Consul does,
+    whose catalog entry (the /v1/catalog/service/:name shape) matches ?filter."""
     found: dict[str, set[str]] = {}
     for (node_name, _), svc in store.services.items():
-        if meta_matches(store.nodes.get(node_name, {}), wanted):
+        node = store.nodes.get(node_name, {})
+        if meta_matches(node, wanted) and (where is None or (node and where(catalog_service(node, svc)))):
             found.setdefault(svc["Service"], set()).update(svc["Tags"])
     return {n: sorted(t) for n, t in sorted(found.items())}
 
@@ -87,7 +92,7 @@ async def service(request: web.Request) -> web.Response:
         found = visible(request, found, lambda who, i: can_read_service(who, name) and can_read_node(who, i[0]["Node"]))
         return [catalog_service(node, svc) for node, svc in found]
 
-    return await service_read(request, build)
+    return await service_read(request, build, CATALOG_SERVICE_FIELDS)
 
 
 @routes.get("/v1/catalog/node/{node}")

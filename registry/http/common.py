@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from registry.blocking import Result, run_query
 from registry.body import Body, RequestError, string_list, string_map, typed  # noqa: F401 - re-exported
+from registry.filter import FilterError, Predicate, apply_filter, compile_filter
 from registry.store import Store
 
 JSON_TYPE = "application/json"
@@ -44,10 +45,32 @@ def indexed(store: Store, topic: str, table: str, body: Any = None) -> Result:
     return Result(body, own or store.topic_index(table), own)
 
 
-async def blocking_reply(request: web.Request, topics: Iterable[str], compute: Callable[[], Result]) -> web.Response:
+async def blocking_reply(request: web.Request, topics: Iterable[str], compute: Callable[[], Result],
+                         filter_roots: Collection[str] | None = None) -> web.Response:
     """Every blocking read ends the same way: answer now or park on its topics (?index, ?wait), then reply
-    with the body and the index headers."""
+    with the body and the index headers. With `filter_roots` (the fields of the body's entries) the read
+    honours ?filter on its final, ACL-filtered body; the expression is checked before the read parks."""
+    where = filter_predicate(request, filter_roots) if filter_roots is not None else None
+    if where is not None:
+        unfiltered = compute
+
+        def compute() -> Result:
+            result = unfiltered()
+            result.body = apply_filter(where, result.body)
+            return result
+
     return reply_result(request, await run_query(store_of(request), request.query, topics, compute))
+
+
+def filter_predicate(request: web.Request, roots: Collection[str]) -> Predicate | None:
+    """?filter compiled for entries with fields `roots`; None without one; Consul's 400 for a bad one."""
+    source = request.query.get("filter", "")
+    if not source.strip():
+        return None
+    try:
+        return compile_filter(source, roots)
+    except FilterError as exc:
+        raise RequestError(400, f"Failed to create boolean expression evaluator: {exc.text}") from None
 
 
 def add_index_headers(resp: web.StreamResponse, index: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.blocking import Result
+from registry.filter import CHECK_FIELDS, HEALTH_ENTRY_FIELDS
 from registry.http.authz import can_read_check, can_read_node, can_read_service, visible
 from registry.http.common import (
     RequestError,
@@ -50,7 +51,7 @@ async def service(request: web.Request) -> web.Response:
         return visible(request, entries, lambda who, e: can_read_service(who, name)
                        and can_read_node(who, e["Node"]["Node"]))
 
-    return await service_read(request, build)
+    return await service_read(request, build, HEALTH_ENTRY_FIELDS)
 
 
 @routes.get("/v1/health/checks/{service}")
@@ -61,7 +62,7 @@ async def service_checks(request: web.Request) -> web.Response:
         checks = [check_view(c) for _, _, cs in instances for c in cs if c["ServiceID"]]
         return visible(request, sorted(checks, key=lambda c: (c["Node"], c["CheckID"])), can_read_check)
 
-    return await service_read(request, build)
+    return await service_read(request, build, CHECK_FIELDS)
 
 
 @routes.get("/v1/health/node/{node}")
@@ -72,7 +73,7 @@ async def node_checks(request: web.Request) -> web.Response:
         checks = sorted(store_of(request).node_checks.get(name, {}).values(), key=lambda c: c["CheckID"])
         return visible(request, [check_view(c) for c in checks], can_read_check)
 
-    return await node_read(request, build)
+    return await node_read(request, build, CHECK_FIELDS)
 
 
 @routes.get("/v1/health/state/{state}")
@@ -90,7 +91,7 @@ async def state(request: web.Request) -> web.Response:
                   and (not node_meta or meta_matches(store.nodes.get(node), node_meta))]
         return Result(visible(request, checks, can_read_check), store.topic_index("checks"))
 
-    return await blocking_reply(request, ["checks", "nodes"] if node_meta else ["checks"], compute)
+    return await blocking_reply(request, ["checks", "nodes"] if node_meta else ["checks"], compute, CHECK_FIELDS)
 
 
 @routes.get("/v1/health/connect/{service}")

@@ -7,7 +7,7 @@ and each endpoint passes the function that builds its body.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiohttp import web
@@ -45,9 +45,10 @@ def service_index(store: Store, name: str) -> Result:
     return indexed(store, f"service:{name}", "services")
 
 
-async def service_read(request: web.Request, build: Callable[[str, list[Instance]], Any]) -> web.Response:
+async def service_read(request: web.Request, build: Callable[[str, list[Instance]], Any],
+                       filter_roots: Collection[str] | None = None) -> web.Response:
     """The service's instances on nodes matching ?node-meta, turned into a body by `build(name, instances)`,
-    reported at the service's index and blocking on its topic."""
+    reported at the service's index and blocking on its topic (and ?filter'ed, given `filter_roots`)."""
     store = store_of(request)
     name = request.match_info["service"]
     wanted = node_meta_filter(request)
@@ -57,16 +58,17 @@ async def service_read(request: web.Request, build: Callable[[str, list[Instance
         result.body = build(name, [i for i in store.instances(name) if meta_matches(i[0], wanted)])
         return result
 
-    return await blocking_reply(request, [f"service:{name}"], compute)
+    return await blocking_reply(request, [f"service:{name}"], compute, filter_roots)
 
 
-async def node_read(request: web.Request, build: Callable[[str], Any]) -> web.Response:
+async def node_read(request: web.Request, build: Callable[[str], Any],
+                    filter_roots: Collection[str] | None = None) -> web.Response:
     """`build(node name)`'s body, reported at the node's index (the nodes table's while the node is
-    unknown) and blocking on its topic."""
+    unknown) and blocking on its topic (and ?filter'ed, given `filter_roots`)."""
     store = store_of(request)
     name = request.match_info["node"]
 
     def compute() -> Result:
         return indexed(store, f"node:{name}", "nodes", build(name))
 
-    return await blocking_reply(request, [f"node:{name}"], compute)
+    return await blocking_reply(request, [f"node:{name}"], compute, filter_roots)
