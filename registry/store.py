@@ -98,8 +98,11 @@ class Store:
         self._waiter_seq = itertools.count()
         self.node_services: dict[str, dict[str, dict]] = {}
         self.node_checks: dict[str, dict[str, dict]] = {}
+        #: service name → its instances' keys: a read of one service never scans the whole catalog
+        self.service_keys: dict[str, set[ServiceKey]] = {}
         for (node, sid), svc in self.services.items():
             self.node_services.setdefault(node, {})[sid] = svc
+            self.service_keys.setdefault(svc["Service"], set()).add((node, sid))
         for (node, cid), chk in self.checks.items():
             self.node_checks.setdefault(node, {})[cid] = chk
         self._waiters: dict[str, set[asyncio.Future]] = {}
@@ -243,6 +246,9 @@ class Store:
             return
         self.services[(node, sid)] = record
         self.node_services.setdefault(node, {})[sid] = record
+        if old is not None and old["Service"] != service["Service"]:
+            self._forget_service_key(old["Service"], (node, sid))
+        self.service_keys.setdefault(service["Service"], set()).add((node, sid))
         txn.batch.put("services", _pkey(node, sid), record)
         txn.touch(f"node:{node}", f"service:{service['Service']}")
         if old is None or old["Service"] != service["Service"] or old["Tags"] != service["Tags"]:
@@ -295,9 +301,17 @@ class Store:
                 self.delete_check(txn, node, cid)
         del self.services[(node, sid)]
         self.node_services.get(node, {}).pop(sid, None)
+        self._forget_service_key(svc["Service"], (node, sid))
         txn.batch.delete("services", _pkey(node, sid))
         txn.touch("services", f"node:{node}", f"service:{svc['Service']}")
         return True
+
+    def _forget_service_key(self, name: str, key: ServiceKey) -> None:
+        keys = self.service_keys.get(name)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.service_keys[name]
 
     def delete_node(self, txn: Txn, node: str) -> bool:
         if node not in self.nodes:
@@ -322,9 +336,8 @@ class Store:
         Checks are the node-level ones followed by the instance's own, as /v1/health/service shows them.
         """
         result = []
-        for (node_name, _sid), svc in self.services.items():
-            if svc["Service"] != service:
-                continue
+        for node_name, sid in self.service_keys.get(service, ()):
+            svc = self.services[(node_name, sid)]
             node = self.nodes.get(node_name)
             if node is None:
                 continue
@@ -465,8 +478,7 @@ class Store:
     # ------------------------------------------------------------------ KV
 
     def kv_prefix_items(self, prefix: str) -> list[dict]:
-        return [self.kv[k] for k in self.kv.irange(minimum=prefix) if k.startswith(prefix)] \
-            if prefix else list(self.kv.values())
+        return [self.kv[k] for k in self._prefix_keys(self.kv, prefix)]
 
     def _prefix_keys(self, mapping: SortedDict, prefix: str) -> Iterable[str]:
         for key in mapping.irange(minimum=prefix):

@@ -60,3 +60,19 @@ def test_a_refused_durable_write_stops_the_store() -> None:
             await store.kv_put("other", None)
 
     asyncio.run(scenario())
+
+
+def test_instances_follow_renames_and_deletes() -> None:
+    async def scenario() -> None:
+        store = Store(MemoryPersistence(), "n1")
+        node = {"ID": "", "Node": "n1", "Address": "127.0.0.1", "Datacenter": "dc1", "TaggedAddresses": {}, "Meta": {}}
+        svc = {"ID": "s1", "Service": "web", "Tags": [], "Address": "", "Meta": {}, "Port": 1,
+               "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": False}
+        await store.catalog_register(node, svc, [])
+        assert [s["ID"] for _, s, _ in store.instances("web")] == ["s1"]
+        await store.catalog_register(node, {**svc, "Service": "db"}, [], skip_node_update=True)
+        assert store.instances("web") == [] and [s["Service"] for _, s, _ in store.instances("db")] == ["db"]
+        await store.catalog_deregister("n1", service_id="s1")
+        assert store.instances("db") == [] and "db" not in store.service_keys
+
+    asyncio.run(scenario())

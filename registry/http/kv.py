@@ -115,25 +115,26 @@ def _conflicting(request: web.Request, names: tuple[str, ...]) -> None:
         raise RequestError(400, f"Conflicting flags: {encoded}\n")
 
 
+def _refuse_oversized(size: int) -> None:
+    """Consul's 413 for a value over kv_max_value_size."""
+    if size > MAX_VALUE_SIZE:
+        raise RequestError(413, f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
+                                "See https://developer.hashicorp.com/docs/agent/config/config-files"
+                                "#kv_max_value_size.")
+
+
 @routes.put("/v1/kv/{key:.*}")
 async def put_kv(request: web.Request) -> web.Response:
     key = _key(request)
     if key == "":
         raise RequestError(400, "Missing key name")
     _conflicting(request, ("cas", "acquire", "release"))
-    size = request.content_length or 0
-    if size > MAX_VALUE_SIZE:
-        raise RequestError(413, f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
-                                "See https://developer.hashicorp.com/docs/agent/config/config-files"
-                                "#kv_max_value_size.")
+    _refuse_oversized(request.content_length or 0)
     require(request, "key", key, "write")
     flags = uint_param(request, "flags") or 0
     cas = uint_param(request, "cas")
     body = await request.read()
-    if len(body) > MAX_VALUE_SIZE:  # a chunked upload has no Content-Length to refuse up front
-        raise RequestError(413, f"Request body({len(body)} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
-                                "See https://developer.hashicorp.com/docs/agent/config/config-files"
-                                "#kv_max_value_size.")
+    _refuse_oversized(len(body))  # a chunked upload has no Content-Length to refuse up front
     value = base64.b64encode(body).decode() if body else None
     ok = await store_of(request).kv_put(key, value, flags=flags, cas=cas,
                                         acquire=request.query.get("acquire"),
